@@ -1,0 +1,199 @@
+//! Datasets: where images come from (generated, IDX), class subsets, sampling, tensors.
+
+mod generated;
+pub mod idx;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{InputError, Result};
+use crate::spec::{DataSelection, DatasetFormat, DatasetSpec, Split};
+
+/// Channels, height and width of every image in a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageShape {
+    /// Colour channels.
+    pub channels: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// Values per image.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// One split of a dataset in memory: pixels scaled to [0, 1], one label per image.
+#[derive(Debug)]
+pub struct Images {
+    /// Image shape.
+    pub shape: ImageShape,
+    /// `labels.len() * shape.len()` values in [0, 1].
+    pub pixels: Vec<f32>,
+    /// Original class labels.
+    pub labels: Vec<u32>,
+}
+
+impl Images {
+    /// How many images each class has.
+    pub fn class_counts(&self) -> BTreeMap<u32, usize> {
+        count(&self.labels)
+    }
+}
+
+fn count(labels: &[u32]) -> BTreeMap<u32, usize> {
+    let mut counts = BTreeMap::new();
+    for &label in labels {
+        *counts.entry(label).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Images and relabelled classes ready for training, on a device.
+#[derive(Debug, Clone)]
+pub struct Batchable {
+    /// (N, C, H, W), standardised.
+    pub inputs: Tensor,
+    /// (N,) class indices 0..classes, as u32.
+    pub targets: Tensor,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// The datasets of a spec, each split loaded once and shared.
+pub struct Catalog {
+    specs: BTreeMap<String, DatasetSpec>,
+    loaded: Mutex<HashMap<(String, Split), Arc<Images>>>,
+}
+
+impl Catalog {
+    /// A catalog over the spec's datasets; nothing is read until asked.
+    pub fn new(specs: &BTreeMap<String, DatasetSpec>) -> Self {
+        Catalog {
+            specs: specs.clone(),
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn spec(&self, name: &str) -> Result<&DatasetSpec, InputError> {
+        self.specs
+            .get(name)
+            .ok_or_else(|| InputError::new(format!("no dataset named `{name}`")))
+    }
+
+    /// One split of a dataset, loaded on first use.
+    pub fn images(&self, name: &str, split: Split) -> Result<Arc<Images>, InputError> {
+        let key = (name.to_string(), split);
+        if let Some(images) = self.loaded.lock().expect("catalog lock").get(&key) {
+            return Ok(images.clone());
+        }
+        let spec = self.spec(name)?;
+        let images = Arc::new(match spec.format {
+            DatasetFormat::Generated => {
+                generated::images(&spec.generated.clone().unwrap_or_default(), split)
+            }
+            DatasetFormat::Idx => idx::images(dir_of(spec, name)?, split)?,
+        });
+        self.loaded
+            .lock()
+            .expect("catalog lock")
+            .insert(key, images.clone());
+        Ok(images)
+    }
+
+    /// Images per class of one split, without reading the images when the format allows.
+    pub fn class_counts(
+        &self,
+        name: &str,
+        split: Split,
+    ) -> Result<BTreeMap<u32, usize>, InputError> {
+        let spec = self.spec(name)?;
+        Ok(match spec.format {
+            DatasetFormat::Generated => {
+                generated::class_counts(&spec.generated.clone().unwrap_or_default(), split)
+            }
+            DatasetFormat::Idx => count(&idx::labels(dir_of(spec, name)?, split)?),
+        })
+    }
+
+    /// The shape of the dataset's images.
+    pub fn shape(&self, name: &str) -> Result<ImageShape, InputError> {
+        let spec = self.spec(name)?;
+        Ok(match spec.format {
+            DatasetFormat::Generated => {
+                generated::shape(&spec.generated.clone().unwrap_or_default())
+            }
+            DatasetFormat::Idx => idx::shape(dir_of(spec, name)?, Split::Train)?,
+        })
+    }
+
+    /// The selected subset as standardised tensors on `device`: classes relabelled in the order
+    /// given, `per_class` images of each drawn with `seed` (a smaller `per_class` with the same
+    /// seed draws a subset of a larger one).
+    pub fn select(
+        &self,
+        selection: &DataSelection,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Batchable> {
+        let spec = self.spec(&selection.dataset)?;
+        let images = self.images(&selection.dataset, selection.split)?;
+        let classes: Vec<u32> = match &selection.classes {
+            Some(classes) => classes.clone(),
+            None => images.class_counts().into_keys().collect(),
+        };
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes.len()];
+        let position: HashMap<u32, usize> =
+            classes.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+        for (index, label) in images.labels.iter().enumerate() {
+            if let Some(&new_label) = position.get(label) {
+                by_class[new_label].push(index);
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut chosen: Vec<(usize, u32)> = Vec::new();
+        for (new_label, indices) in by_class.iter_mut().enumerate() {
+            if let Some(per_class) = selection.per_class {
+                indices.shuffle(&mut rng);
+                indices.truncate(per_class);
+            }
+            chosen.extend(indices.iter().map(|&i| (i, new_label as u32)));
+        }
+        let len = images.shape.len();
+        let (mean, std) = (spec.mean as f32, spec.std as f32);
+        let mut pixels = Vec::with_capacity(chosen.len() * len);
+        for &(index, _) in &chosen {
+            pixels.extend(
+                images.pixels[index * len..(index + 1) * len]
+                    .iter()
+                    .map(|p| (p - mean) / std),
+            );
+        }
+        let targets: Vec<u32> = chosen.iter().map(|&(_, label)| label).collect();
+        let shape = images.shape;
+        Ok(Batchable {
+            inputs: Tensor::from_vec(
+                pixels,
+                (chosen.len(), shape.channels, shape.height, shape.width),
+                device,
+            )?,
+            targets: Tensor::from_vec(targets, chosen.len(), device)?,
+            classes: classes.len(),
+        })
+    }
+}
+
+fn dir_of<'a>(spec: &'a DatasetSpec, name: &str) -> Result<&'a std::path::Path, InputError> {
+    spec.dir
+        .as_deref()
+        .ok_or_else(|| InputError::new(format!("dataset `{name}` has format idx but no `dir`")))
+}

@@ -1,0 +1,127 @@
+//! Errors, and the one place they are rendered for people.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::spec::location::Position;
+
+/// Every way xferlab can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: spec, override, data or checkpoint (exit code 2).
+    #[error("{0}")]
+    Input(#[from] InputError),
+    /// Reading or writing a file of the run store or a dataset.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// Where a piece of input came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A file, with the position and the text of that line when known.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Line and column.
+        position: Option<Position>,
+        /// The text of that line, to underline.
+        line_text: Option<String>,
+    },
+    /// An environment variable.
+    Env(String),
+    /// A `--set` override.
+    Override(String),
+}
+
+/// Something the user gave is wrong: what, where, and what would be valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputError {
+    /// What is wrong.
+    pub message: String,
+    /// Where it came from.
+    pub origin: Option<Origin>,
+    /// What would be valid, or a suggestion.
+    pub help: Option<String>,
+}
+
+impl InputError {
+    /// An error with no known origin.
+    pub fn new(message: impl Into<String>) -> Self {
+        InputError {
+            message: message.into(),
+            origin: None,
+            help: None,
+        }
+    }
+
+    /// Adds a help line.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Sets where the input came from.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+}
+
+impl std::error::Error for InputError {}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "error: {}", self.message)?;
+        match &self.origin {
+            Some(Origin::File {
+                path,
+                position,
+                line_text,
+            }) => match position {
+                Some(p) => {
+                    writeln!(f, "  --> {}:{}:{}", path.display(), p.line, p.column)?;
+                    if let Some(text) = line_text {
+                        let number = p.line.to_string();
+                        let pad = " ".repeat(number.len());
+                        writeln!(f, "{pad} |")?;
+                        writeln!(f, "{number} | {text}")?;
+                        let caret_at: String = text
+                            .chars()
+                            .take(p.column.saturating_sub(1))
+                            .map(|c| if c == '\t' { '\t' } else { ' ' })
+                            .collect();
+                        writeln!(f, "{pad} | {caret_at}^")?;
+                    }
+                }
+                None => writeln!(f, "  --> {}", path.display())?,
+            },
+            Some(Origin::Env(name)) => writeln!(f, "  --> environment variable {name}")?,
+            Some(Origin::Override(text)) => writeln!(f, "  --> --set {text}")?,
+            None => {}
+        }
+        if let Some(help) = &self.help {
+            writeln!(f, "  = help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Result with xferlab's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

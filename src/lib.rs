@@ -1,0 +1,17 @@
+//! xferlab: declarative transfer-learning experiments on candle.
+//!
+//! Data flows one way: spec → plan → runner → train → store → report.
+
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod source;
+pub mod spec;
+pub mod store;
+pub mod train;
+
+pub use error::{Error, InputError, Result};

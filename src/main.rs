@@ -1,0 +1,205 @@
+//! The `xferlab` command line: parses arguments, calls the library, maps errors to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xferlab::data::Catalog;
+use xferlab::error::{Error, InputError};
+use xferlab::plan::{self, Plan};
+use xferlab::report::{self, Format};
+use xferlab::runner::{self, RunOptions};
+use xferlab::spec::{self, LoadedSpec};
+use xferlab::store::RunStore;
+
+/// Exit codes, as documented in the README.
+mod exit {
+    /// Everything worked.
+    pub const SUCCESS: u8 = 0;
+    /// The run ended with failed trials, or something failed while running.
+    pub const FAILED: u8 = 1;
+    /// Bad input: spec, override, data path, checkpoint, arguments.
+    pub const BAD_INPUT: u8 = 2;
+}
+
+/// Declarative transfer-learning experiments: how much does transfer help, and how deep to freeze?
+///
+/// Write one YAML spec (see experiments/), then: `xferlab validate` it, `xferlab plan` it to
+/// see the trials, `xferlab run` it (interrupt and re-run at will: finished trials are kept),
+/// and `xferlab report` it.
+#[derive(Parser)]
+#[command(version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct SpecArgs {
+    /// The experiment spec (YAML).
+    spec: PathBuf,
+    /// Override a spec key: `--set train.lr=0.01`, `--set sweep.seed=[0,1,2]` (value is YAML).
+    /// Layers: spec file < XFERLAB_* environment (XFERLAB_TRAIN__LR=0.01) < --set.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check a spec; prints nothing but errors.
+    Validate(SpecArgs),
+    /// Show the trials a spec expands to, after merging equal ones.
+    Plan {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the sweep, skipping trials the run store already has; prints the result table.
+    Run {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Where tensors live: cpu, cuda, cuda:N, or auto (a GPU when there is one).
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Run only this trial: its index in the plan, or its id (a unique prefix will do).
+        #[arg(long, value_name = "ID|INDEX")]
+        trial: Option<String>,
+        /// Root folder of the run store.
+        #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
+        store: PathBuf,
+    },
+    /// Result tables of a sweep: mean ± std over seeds and gain over scratch.
+    Report {
+        /// A sweep folder (runs/NAME) or the spec that made it.
+        run: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Root folder of the run store (when RUN is a spec).
+        #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
+        store: PathBuf,
+    },
+    /// Print the JSON Schema of experiment specs.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(Cli::parse().command) {
+        Ok(code) => ExitCode::from(code),
+        Err(Error::Input(error)) => {
+            eprint!("{error}");
+            ExitCode::from(exit::BAD_INPUT)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// Loads, expands and checks a spec: everything `validate` promises.
+fn prepare(args: &SpecArgs) -> Result<(LoadedSpec, Catalog, Plan), Error> {
+    let loaded = spec::load(&args.spec, &args.overrides)?;
+    let catalog = Catalog::new(&loaded.spec.datasets);
+    let plan = plan::plan(&loaded, &catalog)?;
+    if let Some(deepest) = plan
+        .trials
+        .iter()
+        .filter(|t| t.config.source.is_some())
+        .max_by_key(|t| t.config.transfer_depth)
+    {
+        xferlab::source::check_checkpoint(&deepest.config, &catalog)?;
+    }
+    Ok((loaded, catalog, plan))
+}
+
+fn execute(command: Command) -> Result<u8, Error> {
+    match command {
+        Command::Validate(args) => {
+            prepare(&args)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Plan { spec, json } => {
+            let (_, _, plan) = prepare(&spec)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plans serialise")
+                );
+            } else {
+                print!("{}", plan::render(&plan));
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Run {
+            spec,
+            device,
+            trial,
+            store,
+        } => {
+            let (loaded, catalog, plan) = prepare(&spec)?;
+            let device = runner::parse_device(&device)?;
+            let options = RunOptions {
+                store: store.clone(),
+                device,
+                trial,
+            };
+            let summary = runner::run(&loaded, &plan, &catalog, &options)?;
+            let run_store = RunStore::new(&store, &plan.name);
+            let records = run_store.records(&plan)?;
+            print!(
+                "{}",
+                report::render(&report::build(&plan, &records), Format::Table)
+            );
+            eprintln!(
+                "run store: {} ({} run now, {} already done, {} failed, {} busy elsewhere)",
+                run_store.root().display(),
+                summary.finished + summary.failed,
+                summary.already_done,
+                summary.failed,
+                summary.busy
+            );
+            Ok(if summary.failed > 0 {
+                exit::FAILED
+            } else {
+                exit::SUCCESS
+            })
+        }
+        Command::Report { run, format, store } => {
+            let run_store = open_run(&run, &store)?;
+            let plan = run_store.plan()?;
+            let records = run_store.records(&plan)?;
+            print!(
+                "{}",
+                report::render(&report::build(&plan, &records), format)
+            );
+            Ok(exit::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", spec::json_schema());
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+/// A sweep folder, or the folder of the sweep a spec file names.
+fn open_run(run: &Path, store: &Path) -> Result<RunStore, Error> {
+    if run.is_file() {
+        let loaded = spec::load(run, &[])?;
+        return RunStore::open(&store.join(&loaded.spec.name));
+    }
+    if !run.exists() {
+        return Err(InputError::new(format!("{} does not exist", run.display()))
+            .with_help("give a sweep folder (runs/NAME) or a spec file")
+            .into());
+    }
+    RunStore::open(run)
+}

@@ -1,0 +1,338 @@
+//! Architectures cut into named blocks (`b1`..`bL`) plus a new classification `head`.
+//!
+//! Every parameter is named under its block (`b2.conv.weight`), so freezing blocks 1..f is
+//! leaving their variables out of the optimizer, transferring blocks 1..t is copying the
+//! tensors whose names start with `b1.`..`bt.`, and a checkpoint is a plain safetensors file.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::ImageShape;
+use crate::spec::{Arch, ModelSpec};
+
+/// Name of block `i` (from 1).
+pub fn block_name(i: usize) -> String {
+    format!("b{i}")
+}
+
+/// The block a parameter belongs to (1..=L), or None for the head.
+pub fn block_of(parameter: &str) -> Option<usize> {
+    parameter.split('.').next()?.strip_prefix('b')?.parse().ok()
+}
+
+enum Layer {
+    Conv(Conv2d),
+    Linear(Linear),
+    Relu,
+    MaxPool2,
+    Flatten,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Layer::Conv(conv) => conv.forward(x),
+            Layer::Linear(linear) => linear.forward(x),
+            Layer::Relu => x.relu(),
+            Layer::MaxPool2 => x.max_pool2d(2),
+            Layer::Flatten => x.flatten_from(1),
+        }
+    }
+}
+
+/// A network: blocks, then a linear head. Owns its parameters in a [`VarMap`].
+pub struct Network {
+    blocks: Vec<Vec<Layer>>,
+    head: Linear,
+    varmap: VarMap,
+}
+
+/// Creates parameters with PyTorch's default initialisation (uniform in ±1/sqrt(fan_in)),
+/// from a seeded generator: candle's CPU random numbers cannot be seeded.
+struct Parameters<'a> {
+    varmap: VarMap,
+    rng: ChaCha8Rng,
+    device: &'a Device,
+}
+
+impl Parameters<'_> {
+    fn tensor(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        fan_in: usize,
+    ) -> candle_core::Result<Tensor> {
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let values: Vec<f32> = (0..shape.iter().product())
+            .map(|_| self.rng.random_range(-bound..bound))
+            .collect();
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
+        let tensor = var.as_tensor().clone();
+        self.varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .insert(name, var);
+        Ok(tensor)
+    }
+
+    fn conv3x3(&mut self, name: &str, input: usize, output: usize) -> candle_core::Result<Layer> {
+        let fan_in = input * 9;
+        let weight = self.tensor(format!("{name}.weight"), &[output, input, 3, 3], fan_in)?;
+        let bias = self.tensor(format!("{name}.bias"), &[output], fan_in)?;
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(Layer::Conv(Conv2d::new(weight, Some(bias), config)))
+    }
+
+    fn linear(&mut self, name: &str, input: usize, output: usize) -> candle_core::Result<Linear> {
+        let weight = self.tensor(format!("{name}.weight"), &[output, input], input)?;
+        let bias = self.tensor(format!("{name}.bias"), &[output], input)?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+}
+
+impl Network {
+    /// Builds a freshly initialised network for `input` images and `classes` outputs.
+    pub fn new(
+        model: &ModelSpec,
+        input: ImageShape,
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let mut p = Parameters {
+            varmap: VarMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            device,
+        };
+        let mut blocks = Vec::new();
+        let features = match model.arch {
+            Arch::Mlp => {
+                let mut width = input.len();
+                for (i, &hidden) in model.hidden.iter().flatten().enumerate() {
+                    let name = block_name(i + 1);
+                    let linear = p.linear(&format!("{name}.linear"), width, hidden)?;
+                    let mut layers = vec![Layer::Linear(linear), Layer::Relu];
+                    if i == 0 {
+                        layers.insert(0, Layer::Flatten);
+                    }
+                    blocks.push(layers);
+                    width = hidden;
+                }
+                width
+            }
+            Arch::Cnn6 => {
+                let c = input.channels;
+                blocks.push(vec![p.conv3x3("b1.conv", c, 32)?, Layer::Relu]);
+                blocks.push(vec![
+                    p.conv3x3("b2.conv", 32, 32)?,
+                    Layer::Relu,
+                    Layer::MaxPool2,
+                ]);
+                blocks.push(vec![p.conv3x3("b3.conv", 32, 64)?, Layer::Relu]);
+                blocks.push(vec![
+                    p.conv3x3("b4.conv", 64, 64)?,
+                    Layer::Relu,
+                    Layer::MaxPool2,
+                ]);
+                let flat = 64 * (input.height / 4) * (input.width / 4);
+                blocks.push(vec![
+                    Layer::Flatten,
+                    Layer::Linear(p.linear("b5.linear", flat, 256)?),
+                    Layer::Relu,
+                ]);
+                256
+            }
+        };
+        let head = p.linear("head", features, classes)?;
+        Ok(Network {
+            blocks,
+            head,
+            varmap: p.varmap,
+        })
+    }
+
+    /// Number of blocks, L.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f).
+    pub fn forward_blocks(&self, x: &Tensor, range: Range<usize>) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for block in &self.blocks[range] {
+            for layer in block {
+                x = layer.forward(&x)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Runs the head on the last block's output.
+    pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.head.forward(x)
+    }
+
+    /// Logits for a batch of images.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.head(&self.forward_blocks(x, 0..self.blocks.len())?)
+    }
+
+    /// The variables the optimizer updates when blocks 1..`freeze_depth` are frozen.
+    pub fn trainable_vars(&self, freeze_depth: usize) -> Vec<Var> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut vars: Vec<(&String, &Var)> = data
+            .iter()
+            .filter(|(name, _)| block_of(name).is_none_or(|b| b > freeze_depth))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(b.0));
+        vars.into_iter().map(|(_, var)| var.clone()).collect()
+    }
+
+    /// Copies blocks 1..=`depth` from `source` (tensors by name); names the first tensor that
+    /// is missing or mis-shaped.
+    pub fn transfer_from(
+        &self,
+        source: &HashMap<String, Tensor>,
+        depth: usize,
+    ) -> Result<(), String> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut names: Vec<&String> = data
+            .keys()
+            .filter(|n| block_of(n).is_some_and(|b| b <= depth))
+            .collect();
+        names.sort();
+        for name in names {
+            let var = &data[name];
+            let tensor = source.get(name).ok_or_else(|| {
+                format!(
+                    "has no tensor `{name}` (needed for block {})",
+                    block_of(name).unwrap_or(0)
+                )
+            })?;
+            if tensor.dims() != var.dims() {
+                return Err(format!(
+                    "tensor `{name}` has shape {:?}, the model needs {:?}",
+                    tensor.dims(),
+                    var.dims()
+                ));
+            }
+            if !matches!(
+                tensor.dtype(),
+                DType::F16 | DType::BF16 | DType::F32 | DType::F64
+            ) {
+                return Err(format!(
+                    "tensor `{name}` holds {:?}, not floating-point weights",
+                    tensor.dtype()
+                ));
+            }
+            let value = tensor
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_device(var.device()))
+                .map_err(|e| e.to_string())?;
+            var.set(&value).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Every parameter by name.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        data.iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Saves every parameter to a safetensors file.
+    pub fn save(&self, path: &std::path::Path) -> candle_core::Result<()> {
+        self.varmap.save(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cnn6() -> ModelSpec {
+        ModelSpec {
+            arch: Arch::Cnn6,
+            hidden: None,
+        }
+    }
+
+    #[test]
+    fn cnn6_has_the_designed_blocks_and_shapes() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let net = Network::new(&cnn6(), shape, 5, 0, &Device::Cpu).unwrap();
+        assert_eq!(net.block_count(), 5);
+        let tensors = net.tensors();
+        assert_eq!(tensors["b1.conv.weight"].dims(), &[32, 1, 3, 3]);
+        assert_eq!(tensors["b2.conv.weight"].dims(), &[32, 32, 3, 3]);
+        assert_eq!(tensors["b3.conv.weight"].dims(), &[64, 32, 3, 3]);
+        assert_eq!(tensors["b4.conv.weight"].dims(), &[64, 64, 3, 3]);
+        assert_eq!(tensors["b5.linear.weight"].dims(), &[256, 3136]);
+        assert_eq!(tensors["head.weight"].dims(), &[5, 256]);
+        let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(net.forward(&x).unwrap().dims(), &[2, 5]);
+    }
+
+    #[test]
+    fn freezing_leaves_the_prefix_out_and_transfer_copies_only_it() {
+        let model = ModelSpec {
+            arch: Arch::Mlp,
+            hidden: Some(vec![8, 8, 4]),
+        };
+        let shape = ImageShape {
+            channels: 1,
+            height: 4,
+            width: 4,
+        };
+        let source = Network::new(&model, shape, 3, 1, &Device::Cpu).unwrap();
+        let target = Network::new(&model, shape, 2, 2, &Device::Cpu).unwrap();
+        assert_eq!(target.trainable_vars(0).len(), 8);
+        assert_eq!(target.trainable_vars(2).len(), 4);
+        target.transfer_from(&source.tensors(), 2).unwrap();
+        let (s, t) = (source.tensors(), target.tensors());
+        let same =
+            |name: &str| s[name].to_vec2::<f32>().unwrap() == t[name].to_vec2::<f32>().unwrap();
+        assert!(same("b1.linear.weight") && same("b2.linear.weight"));
+        assert!(!same("b3.linear.weight"));
+        let mut missing = source.tensors();
+        missing.remove("b2.linear.bias");
+        assert!(
+            target
+                .transfer_from(&missing, 2)
+                .unwrap_err()
+                .contains("`b2.linear.bias`")
+        );
+    }
+
+    #[test]
+    fn same_seed_same_weights() {
+        let shape = ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        let a = Network::new(&cnn6(), shape, 3, 9, &Device::Cpu)
+            .unwrap()
+            .tensors();
+        let b = Network::new(&cnn6(), shape, 3, 9, &Device::Cpu)
+            .unwrap()
+            .tensors();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&a["b3.conv.weight"]), flat(&b["b3.conv.weight"]));
+    }
+}

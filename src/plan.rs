@@ -1,0 +1,354 @@
+//! The sweep expanded into trials: every combination of the sweep axes, every strategy
+//! resolved to its (transfer_depth, freeze_depth), equal trials run once, stable ids.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::data::Catalog;
+use crate::error::InputError;
+use crate::spec::validate::{self, block_count};
+use crate::spec::{
+    DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec, TrainSpec,
+    suggest,
+};
+
+/// Everything that determines a trial's result, in canonical form: its id is a hash of this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialConfig {
+    /// Architecture.
+    pub model: ModelSpec,
+    /// The source model; absent when nothing is transferred (transfer_depth 0).
+    pub source: Option<SourceSpec>,
+    /// The datasets the trial reads.
+    pub datasets: BTreeMap<String, DatasetSpec>,
+    /// Target data.
+    pub target: TargetSpec,
+    /// Target training.
+    pub train: TrainSpec,
+    /// Seed of initialisation, target sampling and batch order.
+    pub seed: u64,
+    /// Blocks 1..t start from the source model.
+    pub transfer_depth: usize,
+    /// Blocks 1..f are frozen.
+    pub freeze_depth: usize,
+}
+
+impl TrialConfig {
+    /// The stable id: the first 12 hex digits of the SHA-256 of the canonical JSON.
+    pub fn id(&self) -> String {
+        // serde_json's map keeps keys sorted, so equal configs give equal text.
+        let canonical = serde_json::to_value(self)
+            .expect("configs serialise")
+            .to_string();
+        hex(&Sha256::digest(canonical.as_bytes()))[..12].to_string()
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One trial of the sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// Position in the plan, from 0.
+    pub index: usize,
+    /// Stable id.
+    pub id: String,
+    /// Every strategy (or `raw`) that resolved to this trial.
+    pub strategies: Vec<String>,
+    /// The swept values this trial has, by axis (`freeze_depth` is in `config`).
+    pub axes: BTreeMap<String, Value>,
+    /// The canonical config.
+    pub config: TrialConfig,
+}
+
+/// The expanded sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Experiment name.
+    pub name: String,
+    /// Number of blocks L of the model (the largest across sweep points).
+    pub blocks: usize,
+    /// Sweep axes other than `freeze_depth` (which every trial shows as f).
+    pub axes: Vec<String>,
+    /// Strategy labels in the order the spec names them.
+    pub strategies: Vec<String>,
+    /// (combination, strategy) pairs before equal trials were merged.
+    pub expanded: usize,
+    /// Distinct trials.
+    pub trials: Vec<Trial>,
+}
+
+/// Value at a dotted key path of a JSON tree (null where absent).
+pub fn lookup<'a>(value: &'a Value, path: &str) -> &'a Value {
+    path.split('.')
+        .try_fold(value, |v, key| v.get(key))
+        .unwrap_or(&Value::Null)
+}
+
+fn set<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    path.split('.').try_fold(value, |v, key| v.get_mut(key))
+}
+
+/// The axis names in the order they vary (last fastest): `seed` last, the rest sorted.
+fn axis_order(spec: &Spec) -> Vec<String> {
+    let mut axes: Vec<String> = spec
+        .sweep
+        .keys()
+        .filter(|k| *k != "seed")
+        .cloned()
+        .collect();
+    if spec.sweep.contains_key("seed") {
+        axes.push("seed".into());
+    }
+    axes
+}
+
+/// Expands, checks and deduplicates the sweep of a loaded spec.
+pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> {
+    let spec = &loaded.spec;
+    let base = serde_json::to_value(spec).expect("specs serialise");
+    let order = axis_order(spec);
+    for axis in &order {
+        let values = &spec.sweep[axis];
+        let at = format!("sweep.{axis}");
+        if values.is_empty() {
+            return Err(loaded.error(&at, format!("sweep axis `{axis}` has no values")));
+        }
+        if axis == "sweep" || axis.starts_with("sweep.") || axis == "name" {
+            return Err(loaded.error(&at, format!("`{axis}` cannot be swept")));
+        }
+        if set(&mut base.clone(), axis).is_none() {
+            let valid = key_paths(&base);
+            let names: Vec<&str> = valid.iter().map(String::as_str).collect();
+            return Err(
+                InputError::new(format!("sweep axis `{axis}` is not a key of the spec"))
+                    .with_origin(loaded.origin(&at, true))
+                    .with_help(suggest::help(axis, &names, "sweepable keys")),
+            );
+        }
+    }
+
+    let mut combinations: Vec<Vec<(&String, &Value)>> = vec![Vec::new()];
+    for axis in &order {
+        combinations = combinations
+            .into_iter()
+            .flat_map(|combo| {
+                spec.sweep[axis].iter().map(move |v| {
+                    let mut next = combo.clone();
+                    next.push((axis, v));
+                    next
+                })
+            })
+            .collect();
+    }
+
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    let mut expanded = 0;
+    let mut blocks = 0;
+    for combo in &combinations {
+        let mut point = base.clone();
+        for (axis, value) in combo {
+            *set(&mut point, axis).expect("axes were checked") = (*value).clone();
+        }
+        let axis_of = |path: &str| {
+            combo
+                .iter()
+                .map(|(a, _)| a.as_str())
+                .find(|a| path == *a || path.starts_with(&format!("{a}.")))
+        };
+        let at = |path: &str, message: String| -> InputError {
+            match axis_of(path) {
+                Some(axis) => {
+                    let value = combo
+                        .iter()
+                        .find(|(a, _)| a == &axis)
+                        .map(|(_, v)| v.to_string())
+                        .unwrap_or_default();
+                    InputError::new(format!("{message} (sweep value {axis} = {value})"))
+                        .with_origin(loaded.origin(&format!("sweep.{axis}"), true))
+                }
+                None => loaded.error(path, message),
+            }
+        };
+        let point: Spec = serde_json::from_value(point).map_err(|e| {
+            let axes: Vec<String> = combo.iter().map(|(a, v)| format!("{a} = {v}")).collect();
+            let first = combo
+                .first()
+                .map(|(a, _)| format!("sweep.{a}"))
+                .unwrap_or_else(|| "sweep".into());
+            InputError::new(format!(
+                "a sweep value does not fit its key ({}): {e}",
+                axes.join(", ")
+            ))
+            .with_origin(loaded.origin(&first, true))
+        })?;
+        validate::check(&point, catalog, &at)?;
+        let l = block_count(&point.model);
+        blocks = blocks.max(l);
+        for entry in &point.strategies {
+            expanded += 1;
+            let (label, (t, f)) = match entry {
+                StrategyEntry::Named(s) => (
+                    s.name().to_string(),
+                    s.depths(l, point.freeze_depth.unwrap_or(0)),
+                ),
+                StrategyEntry::Raw(raw) => {
+                    ("raw".to_string(), (raw.transfer_depth, raw.freeze_depth))
+                }
+            };
+            let config = trial_config(&point, t, f);
+            let id = config.id();
+            if let Some(&existing) = by_id.get(&id) {
+                let strategies = &mut trials[existing].strategies;
+                if !strategies.contains(&label) {
+                    strategies.push(label);
+                }
+                continue;
+            }
+            let config_json = serde_json::to_value(&config).expect("configs serialise");
+            let axes = order
+                .iter()
+                .filter(|a| *a != "freeze_depth")
+                .map(|a| (a.clone(), lookup(&config_json, a).clone()))
+                .collect();
+            by_id.insert(id.clone(), trials.len());
+            trials.push(Trial {
+                index: trials.len(),
+                id,
+                strategies: vec![label],
+                axes,
+                config,
+            });
+        }
+    }
+    let mut strategies: Vec<String> = Vec::new();
+    for entry in &spec.strategies {
+        let label = match entry {
+            StrategyEntry::Named(s) => s.name().to_string(),
+            StrategyEntry::Raw(_) => "raw".to_string(),
+        };
+        if !strategies.contains(&label) {
+            strategies.push(label);
+        }
+    }
+    Ok(Plan {
+        name: spec.name.clone(),
+        blocks,
+        axes: order.into_iter().filter(|a| a != "freeze_depth").collect(),
+        strategies,
+        expanded,
+        trials,
+    })
+}
+
+fn trial_config(point: &Spec, t: usize, f: usize) -> TrialConfig {
+    let mut used: Vec<&str> = vec![&point.target.train.dataset, &point.target.eval.dataset];
+    let source = (t > 0).then(|| point.source.clone());
+    if let (true, Some(pretrain)) = (t > 0, &point.source.pretrain) {
+        used.push(&pretrain.data.dataset);
+    }
+    TrialConfig {
+        model: point.model.clone(),
+        source,
+        datasets: point
+            .datasets
+            .iter()
+            .filter(|(k, _)| used.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        target: point.target.clone(),
+        train: point.train.clone(),
+        seed: point.seed,
+        transfer_depth: t,
+        freeze_depth: f,
+    }
+}
+
+/// Every key path of a JSON tree that leads to a value, e.g. `train.lr`.
+fn key_paths(value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Value::Object(map) = value {
+        for (key, child) in map {
+            if key == "sweep" {
+                continue;
+            }
+            out.push(key.clone());
+            out.extend(key_paths(child).into_iter().map(|p| format!("{key}.{p}")));
+        }
+    }
+    out
+}
+
+/// The trial table `xferlab plan` prints.
+pub fn render(plan: &Plan) -> String {
+    let mut header = vec![
+        "index".to_string(),
+        "id".into(),
+        "strategy".into(),
+        "t".into(),
+        "f".into(),
+    ];
+    header.extend(
+        plan.axes
+            .iter()
+            .map(|a| a.rsplit('.').next().unwrap_or(a).to_string()),
+    );
+    let rows: Vec<Vec<String>> = plan
+        .trials
+        .iter()
+        .map(|t| {
+            let mut row = vec![
+                t.index.to_string(),
+                t.id.clone(),
+                t.strategies.join("="),
+                t.config.transfer_depth.to_string(),
+                t.config.freeze_depth.to_string(),
+            ];
+            row.extend(plan.axes.iter().map(|a| match &t.axes[a] {
+                Value::Null => "-".to_string(),
+                v => v.to_string(),
+            }));
+            row
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut out = format!(
+        "{}: {} trials ({} strategy x sweep points, {} merged as equal), model with {} blocks\n",
+        plan.name,
+        plan.trials.len(),
+        plan.expanded,
+        plan.expanded - plan.trials.len(),
+        plan.blocks
+    );
+    out += &line(&header);
+    for row in &rows {
+        out += &line(row);
+    }
+    out
+}

@@ -1,0 +1,195 @@
+//! The source model: pretrained once and kept in the run store under a content hash of
+//! everything it depends on, or read from a safetensors checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::data::Catalog;
+use crate::error::{Error, InputError, Origin, Result};
+use crate::model::Network;
+use crate::plan::{TrialConfig, hex};
+use crate::spec::{DatasetSpec, ModelSpec, PretrainSpec};
+use crate::store::{lock, write_atomic};
+use crate::train::{self, Fit};
+
+/// Bumped when pretraining changes in a way that changes its weights.
+const PRETRAIN_FORMAT: u32 = 1;
+
+/// A source model's weights by parameter name.
+pub struct SourceModel {
+    /// Parameters (`b1.conv.weight`, ...).
+    pub tensors: HashMap<String, Tensor>,
+    /// What it is: `pretrain:<hash>` or the checkpoint's path.
+    pub label: String,
+}
+
+#[derive(Serialize)]
+struct PretrainKey<'a> {
+    format: u32,
+    model: &'a ModelSpec,
+    pretrain: &'a PretrainSpec,
+    dataset: &'a DatasetSpec,
+}
+
+/// Source models of one process, each loaded or pretrained once.
+pub struct Sources {
+    dir: PathBuf,
+    device: Device,
+    loaded: HashMap<String, Arc<SourceModel>>,
+}
+
+impl Sources {
+    /// Pretrained models live in `<store>/sources`.
+    pub fn new(store: &Path, device: &Device) -> Self {
+        Sources {
+            dir: store.join("sources"),
+            device: device.clone(),
+            loaded: HashMap::new(),
+        }
+    }
+
+    /// The source model of a trial (which transfers at least one block).
+    pub fn get(
+        &mut self,
+        config: &TrialConfig,
+        catalog: &Catalog,
+        say: &dyn Fn(&str),
+    ) -> Result<Arc<SourceModel>> {
+        let source = config
+            .source
+            .as_ref()
+            .expect("only trials with transfer_depth > 0 ask for a source");
+        let key = match (&source.pretrain, &source.checkpoint) {
+            (Some(pretrain), _) => {
+                let dataset = &config.datasets[&pretrain.data.dataset];
+                let key = PretrainKey {
+                    format: PRETRAIN_FORMAT,
+                    model: &config.model,
+                    pretrain,
+                    dataset,
+                };
+                let json =
+                    serde_json::to_string(&serde_json::to_value(&key).expect("keys serialise"))
+                        .expect("json");
+                format!("pretrain:{}", &hex(&Sha256::digest(json.as_bytes()))[..16])
+            }
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => unreachable!("validation requires a source"),
+        };
+        if let Some(model) = self.loaded.get(&key) {
+            return Ok(model.clone());
+        }
+        let tensors = match (&source.pretrain, &source.checkpoint) {
+            (Some(pretrain), _) => {
+                self.pretrained(&key["pretrain:".len()..], config, pretrain, catalog, say)?
+            }
+            (None, Some(path)) => read_checkpoint(path)?,
+            (None, None) => unreachable!("validation requires a source"),
+        };
+        let model = Arc::new(SourceModel {
+            tensors,
+            label: key.clone(),
+        });
+        self.loaded.insert(key, model.clone());
+        Ok(model)
+    }
+
+    fn pretrained(
+        &self,
+        hash: &str,
+        config: &TrialConfig,
+        pretrain: &PretrainSpec,
+        catalog: &Catalog,
+        say: &dyn Fn(&str),
+    ) -> Result<HashMap<String, Tensor>> {
+        let path = self.dir.join(format!("{hash}.safetensors"));
+        // One process pretrains; others wait for it and then read its file.
+        let _lock = lock(&self.dir.join(format!("{hash}.lock")), true)?;
+        if !path.is_file() {
+            say(&format!("pretraining source model {hash}"));
+            let started = Instant::now();
+            let data = catalog.select(&pretrain.data, pretrain.seed, &self.device)?;
+            let shape = catalog.shape(&pretrain.data.dataset)?;
+            let net = Network::new(
+                &config.model,
+                shape,
+                data.classes,
+                pretrain.seed,
+                &self.device,
+            )?;
+            let curve = match train::fit(&net, &data, &pretrain.train, 0, pretrain.seed)? {
+                Fit::Done(curve) => curve,
+                Fit::Diverged { step, .. } => {
+                    return Err(InputError::new(format!("pretraining the source model diverged: the training loss was not finite at step {step}"))
+                        .with_help("lower source.pretrain.train.lr")
+                        .into());
+                }
+            };
+            let tmp = self
+                .dir
+                .join(format!(".tmp-{hash}-{}.safetensors", std::process::id()));
+            net.save(&tmp)?;
+            std::fs::rename(&tmp, &path)
+                .map_err(Error::io(format!("cannot write {}", path.display())))?;
+            let meta = serde_json::json!({
+                "model": config.model, "pretrain": pretrain,
+                "seconds": started.elapsed().as_secs_f64(), "curve": curve,
+            });
+            write_atomic(
+                &self.dir.join(format!("{hash}.json")),
+                &serde_json::to_vec_pretty(&meta).expect("json"),
+            )?;
+            say(&format!(
+                "pretrained source model {hash} in {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(candle_core::safetensors::load(&path, &self.device)?)
+    }
+}
+
+/// Reads a safetensors checkpoint; a file that is not one is bad input.
+pub fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let origin = Origin::File {
+        path: path.to_path_buf(),
+        position: None,
+        line_text: None,
+    };
+    if !path.is_file() {
+        return Err(
+            InputError::new(format!("checkpoint {} does not exist", path.display())).into(),
+        );
+    }
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        InputError::new(format!("cannot read the checkpoint as safetensors: {e}"))
+            .with_origin(origin)
+            .into()
+    })
+}
+
+/// Checks that a checkpoint source has every tensor, with the right shape, for the deepest
+/// transfer in the plan: a bad checkpoint fails before any training.
+pub fn check_checkpoint(config: &TrialConfig, catalog: &Catalog) -> Result<()> {
+    let Some(path) = config.source.as_ref().and_then(|s| s.checkpoint.as_ref()) else {
+        return Ok(());
+    };
+    let tensors = read_checkpoint(path)?;
+    let shape = catalog.shape(&config.target.train.dataset)?;
+    let net = Network::new(&config.model, shape, 1, 0, &Device::Cpu)?;
+    net.transfer_from(&tensors, config.transfer_depth)
+        .map_err(|message| {
+            InputError::new(format!("checkpoint {} {message}", path.display()))
+                .with_origin(Origin::File {
+                    path: path.clone(),
+                    position: None,
+                    line_text: None,
+                })
+                .into()
+        })
+}

@@ -1,0 +1,272 @@
+//! Loading a spec: figment layers (defaults < YAML file < `XFERLAB_` environment < `--set`),
+//! with every error mapped back to a file position, variable or override.
+
+use std::path::{Path, PathBuf};
+
+use figment::error::Kind;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::location::{Position, PositionMap};
+use super::types::{BUILTIN_DATASET, Spec};
+use crate::error::{InputError, Origin};
+
+/// Prefix of environment variables that override spec keys (`XFERLAB_TRAIN__LR=0.01`).
+pub const ENV_PREFIX: &str = "XFERLAB_";
+
+/// A spec file as read, for locating errors in it.
+#[derive(Debug)]
+pub struct SpecFile {
+    /// The file.
+    pub path: PathBuf,
+    text: String,
+    positions: PositionMap,
+}
+
+impl SpecFile {
+    /// Reads and parses a YAML file, reporting syntax errors with their position.
+    pub fn read(path: &Path) -> Result<Self, InputError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InputError::new(format!("cannot read spec file {}: {e}", path.display()))
+        })?;
+        let positions = PositionMap::parse(&text).map_err(|e| {
+            InputError::new(format!("YAML syntax error: {}", e.message)).with_origin(Origin::File {
+                path: path.to_path_buf(),
+                position: Some(e.position),
+                line_text: line_of(&text, e.position.line),
+            })
+        })?;
+        Ok(SpecFile {
+            path: path.to_path_buf(),
+            text,
+            positions,
+        })
+    }
+
+    /// Where in this file the value (or, with `key`, the key) at `key_path` is.
+    pub fn origin(&self, key_path: &str, key: bool) -> Origin {
+        let position = if key {
+            self.positions
+                .key(key_path)
+                .or_else(|| self.positions.value(key_path))
+        } else {
+            self.positions.value(key_path)
+        };
+        self.origin_at(position)
+    }
+
+    fn origin_at(&self, position: Option<Position>) -> Origin {
+        Origin::File {
+            path: self.path.clone(),
+            position,
+            line_text: position.and_then(|p| line_of(&self.text, p.line)),
+        }
+    }
+}
+
+fn line_of(text: &str, line: usize) -> Option<String> {
+    text.lines().nth(line.checked_sub(1)?).map(str::to_string)
+}
+
+/// A spec with the layers it came from, so later checks can say where a value was set.
+#[derive(Debug)]
+pub struct LoadedSpec {
+    /// The extracted spec, relative paths resolved.
+    pub spec: Spec,
+    /// The YAML file.
+    pub file: SpecFile,
+    figment: Figment,
+}
+
+impl LoadedSpec {
+    /// Where the value at `key_path` was set: the file, a variable or an override.
+    pub fn origin(&self, key_path: &str, key: bool) -> Origin {
+        // Sweep axes are key paths themselves: look the axis up as one key.
+        let lookup = match key_path.strip_prefix("sweep.") {
+            Some(_) => "sweep",
+            None => key_path,
+        };
+        let mut path = lookup;
+        let metadata = loop {
+            if let Some(metadata) = self.figment.find_metadata(path) {
+                break Some(metadata);
+            }
+            match path.rfind('.') {
+                Some(i) => path = &path[..i],
+                None => break None,
+            }
+        };
+        match metadata {
+            Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
+            Some(m) if m.name.contains("environment") => Origin::Env(format!(
+                "{ENV_PREFIX}{}",
+                key_path.to_uppercase().replace('.', "__")
+            )),
+            _ => self.file.origin(key_path, key),
+        }
+    }
+
+    /// An error about the value at `key_path`, located.
+    pub fn error(&self, key_path: &str, message: impl Into<String>) -> InputError {
+        InputError::new(message).with_origin(self.origin(key_path, false))
+    }
+}
+
+/// Loads `path` with the environment and `--set` overrides on top.
+pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedSpec, InputError> {
+    let file = SpecFile::read(path)?;
+    let overrides = Overrides::parse(overrides)?;
+    let figment = Figment::new()
+        .merge(Yaml::file_exact(path))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        .merge(overrides);
+    let mut spec: Spec = match figment.extract() {
+        Ok(spec) => spec,
+        Err(error) => return Err(map_figment_error(error, &file)),
+    };
+    let base = path.parent().unwrap_or(Path::new(""));
+    resolve_paths(&mut spec, base);
+    spec.datasets
+        .entry(BUILTIN_DATASET.to_string())
+        .or_insert_with(super::types::builtin_dataset);
+    Ok(LoadedSpec {
+        spec,
+        file,
+        figment,
+    })
+}
+
+fn resolve_paths(spec: &mut Spec, base: &Path) {
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    for dataset in spec.datasets.values_mut() {
+        dataset.dir.as_mut().map(resolve);
+    }
+    spec.source.checkpoint.as_mut().map(resolve);
+}
+
+const OVERRIDE_NAME: &str = "--set";
+
+/// `--set key.path=value` overrides; the value is YAML (`0.1`, `adam`, `[1, 2]`).
+struct Overrides(serde_json::Value);
+
+impl Overrides {
+    fn parse(items: &[String]) -> Result<Self, InputError> {
+        let mut root = serde_json::Map::new();
+        for item in items {
+            let origin = Origin::Override(item.clone());
+            let Some((key, text)) = item.split_once('=') else {
+                return Err(InputError::new("an override must look like KEY=VALUE")
+                    .with_origin(origin)
+                    .with_help("e.g. --set train.lr=0.01 or --set sweep.seed=[0,1,2]"));
+            };
+            let key = key.trim();
+            let value: serde_json::Value = serde_yaml::from_str::<serde_yaml::Value>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    InputError::new(format!("cannot read the value of `{key}`: {e}"))
+                        .with_origin(origin.clone())
+                })?;
+            // A sweep axis is itself a key path: `sweep.train.lr` sets the axis `train.lr`.
+            let segments: Vec<&str> = match key.strip_prefix("sweep.") {
+                Some(axis) => vec!["sweep", axis],
+                None => key.split('.').collect(),
+            };
+            if segments.iter().any(|s| s.is_empty()) {
+                return Err(InputError::new(format!("`{key}` is not a key path"))
+                    .with_origin(origin)
+                    .with_help("key paths are names joined by dots, e.g. target.train.per_class"));
+            }
+            insert(&mut root, &segments, value).map_err(|prefix| {
+                InputError::new(format!(
+                    "`{key}` sets a key inside `{prefix}`, which another override sets to a value"
+                ))
+                .with_origin(origin.clone())
+            })?;
+        }
+        Ok(Overrides(serde_json::Value::Object(root)))
+    }
+}
+
+fn insert(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    segments: &[&str],
+    value: serde_json::Value,
+) -> Result<(), String> {
+    let (first, rest) = segments.split_first().expect("segments are never empty");
+    if rest.is_empty() {
+        map.insert(first.to_string(), value);
+        return Ok(());
+    }
+    let child = map
+        .entry(first.to_string())
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    match child {
+        serde_json::Value::Object(child) => {
+            insert(child, rest, value).map_err(|p| format!("{first}.{p}"))
+        }
+        _ => Err(first.to_string()),
+    }
+}
+
+impl Provider for Overrides {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(OVERRIDE_NAME)
+    }
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Serialized::defaults(&self.0).data()
+    }
+}
+
+fn map_figment_error(error: figment::Error, file: &SpecFile) -> InputError {
+    let path = error.path.join(".");
+    let origin_of = |key_path: &str, key: bool| match &error.metadata {
+        Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
+        Some(m) if m.name.contains("environment") => Origin::Env(format!(
+            "{ENV_PREFIX}{}",
+            key_path.to_uppercase().replace('.', "__")
+        )),
+        _ => file.origin(key_path, key),
+    };
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let within = if path.is_empty() {
+        "the spec".to_string()
+    } else {
+        format!("`{path}`")
+    };
+    match &error.kind {
+        Kind::UnknownField(field, expected) => {
+            InputError::new(format!("unknown key `{field}` in {within}"))
+                .with_origin(origin_of(&at(field), true))
+                .with_help(super::suggest::help(field, expected, "valid keys"))
+        }
+        Kind::UnknownVariant(value, expected) => {
+            InputError::new(format!("unknown value `{value}` for `{path}`"))
+                .with_origin(origin_of(&path, false))
+                .with_help(super::suggest::help(value, expected, "valid values"))
+        }
+        Kind::MissingField(field) => {
+            InputError::new(format!("missing key `{}` in {within}", field))
+                .with_origin(origin_of(&path, true))
+        }
+        kind => {
+            let subject = if path.is_empty() {
+                "the spec".to_string()
+            } else {
+                format!("`{path}`")
+            };
+            InputError::new(format!("{subject}: {kind}")).with_origin(origin_of(&path, false))
+        }
+    }
+}

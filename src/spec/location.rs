@@ -1,0 +1,199 @@
+//! Where each key path sits in a YAML file, so errors can name line and column.
+//!
+//! figment reports errors by key path; serde_yaml keeps no positions. This walks the
+//! file's YAML events once (aliases are not expanded, so it stays cheap on alias bombs)
+//! and remembers the position of every key and every value by its dotted path.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A 1-based line and column in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+impl From<Marker> for Position {
+    fn from(mark: Marker) -> Self {
+        Position {
+            line: mark.line(),
+            column: mark.col() + 1,
+        }
+    }
+}
+
+/// Positions of the keys and values of one YAML document, by dotted key path
+/// (sequence items are numbered from 0: `strategies.2`).
+#[derive(Debug, Default)]
+pub struct PositionMap {
+    keys: HashMap<String, Position>,
+    values: HashMap<String, Position>,
+}
+
+/// A YAML syntax error with its position.
+#[derive(Debug)]
+pub struct SyntaxError {
+    /// What the parser expected.
+    pub message: String,
+    /// Where.
+    pub position: Position,
+}
+
+impl PositionMap {
+    /// Parses `text` and records where each key path is.
+    pub fn parse(text: &str) -> Result<Self, SyntaxError> {
+        let mut builder = Builder::default();
+        Parser::new_from_str(text)
+            .load(&mut builder, false)
+            .map_err(|e| SyntaxError {
+                message: e.info().to_string(),
+                position: (*e.marker()).into(),
+            })?;
+        Ok(builder.map)
+    }
+
+    /// Position of the key at `path` (for an unknown or misplaced key).
+    pub fn key(&self, path: &str) -> Option<Position> {
+        self.keys.get(path).copied()
+    }
+
+    /// Position of the value at `path`, or of the nearest enclosing value that is in the file.
+    pub fn value(&self, path: &str) -> Option<Position> {
+        let mut path = path;
+        loop {
+            if let Some(position) = self.values.get(path) {
+                return Some(*position);
+            }
+            path = &path[..path.rfind('.')?];
+        }
+    }
+}
+
+enum Frame {
+    Map {
+        path: String,
+        pending_key: Option<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
+}
+
+#[derive(Default)]
+struct Builder {
+    map: PositionMap,
+    stack: Vec<Frame>,
+}
+
+fn join(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+impl Builder {
+    /// Path of the node that starts now, or None when this scalar is a mapping key.
+    fn node_path(&mut self, event: &Event, position: Position) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Seq { path, next }) => {
+                let child = join(path, &next.to_string());
+                *next += 1;
+                Some(child)
+            }
+            Some(Frame::Map { path, pending_key }) => match pending_key.take() {
+                Some(key) => Some(join(path, &key)),
+                None => {
+                    let key = match event {
+                        Event::Scalar(text, ..) => text.clone(),
+                        _ => String::from("?"),
+                    };
+                    let key_path = join(path, &key);
+                    self.map.keys.entry(key_path).or_insert(position);
+                    *pending_key = Some(key);
+                    None
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let position = Position::from(mark);
+        match event {
+            Event::SequenceEnd | Event::MappingEnd => {
+                self.stack.pop();
+            }
+            Event::Scalar(..)
+            | Event::Alias(_)
+            | Event::MappingStart(..)
+            | Event::SequenceStart(..) => {
+                let Some(path) = self.node_path(&event, position) else {
+                    return;
+                };
+                self.map.values.entry(path.clone()).or_insert(position);
+                match event {
+                    Event::MappingStart(..) => self.stack.push(Frame::Map {
+                        path,
+                        pending_key: None,
+                    }),
+                    Event::SequenceStart(..) => self.stack.push(Frame::Seq { path, next: 0 }),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_and_values_in_block_and_flow_style() {
+        let map = PositionMap::parse(
+            "name: x\ntrain:\n  lr: 0.1\n  steps: 10\nstrategies: [scratch, {transfer_depth: 1}]\n",
+        )
+        .unwrap();
+        assert_eq!(map.key("train.lr"), Some(Position { line: 3, column: 3 }));
+        assert_eq!(map.value("train.lr"), Some(Position { line: 3, column: 7 }));
+        assert_eq!(
+            map.value("strategies.1.transfer_depth"),
+            Some(Position {
+                line: 5,
+                column: 40
+            })
+        );
+        assert_eq!(
+            map.key("strategies.1.transfer_depth"),
+            Some(Position {
+                line: 5,
+                column: 24
+            })
+        );
+        // A path below a scalar falls back to the nearest value in the file.
+        assert_eq!(
+            map.value("train.steps.deeper"),
+            Some(Position {
+                line: 4,
+                column: 10
+            })
+        );
+    }
+
+    #[test]
+    fn reports_syntax_errors_with_position() {
+        let error = PositionMap::parse("train:\n  lr: [1, 2\n").unwrap_err();
+        assert_eq!(error.position.line, 3);
+    }
+}

@@ -1,0 +1,407 @@
+//! The experiment spec: serde types that reject unknown keys and generate the JSON Schema.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One transfer-learning experiment: a source model, a target task, and the sweep to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Experiment name; the run store keeps the sweep in a folder of this name.
+    pub name: String,
+    /// Kind of data; the model and every dataset must belong to it.
+    #[serde(default)]
+    pub domain: Domain,
+    /// Named datasets that `source` and `target` refer to. The built-in `glyphs` is always there.
+    #[serde(default = "default_datasets")]
+    pub datasets: BTreeMap<String, DatasetSpec>,
+    /// Architecture, cut into blocks plus a new classification head.
+    pub model: ModelSpec,
+    /// Where the source model's weights come from.
+    pub source: SourceSpec,
+    /// The target task every trial is trained and evaluated on.
+    pub target: TargetSpec,
+    /// How each trial trains on the target.
+    pub train: TrainSpec,
+    /// Strategies to compare: names, or raw `{transfer_depth, freeze_depth}` pairs.
+    pub strategies: Vec<StrategyEntry>,
+    /// Freeze depth for `partial_freeze`, `prefix_frozen` and `prefix_finetune` (usually swept).
+    #[serde(default)]
+    pub freeze_depth: Option<usize>,
+    /// Seed of the trial: initialisation, target sampling and batch order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Sweep axes: a key path (e.g. `train.lr`, `target.train.per_class`) and the values to try.
+    #[serde(default)]
+    pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Also save each trial's trained weights as safetensors in the run store.
+    #[serde(default)]
+    pub checkpoints: bool,
+}
+
+/// Kind of data a spec works on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Domain {
+    /// Image tensors (channels x height x width).
+    #[default]
+    Vision,
+}
+
+/// A dataset the spec can draw samples from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// Storage format.
+    pub format: DatasetFormat,
+    /// Folder holding the files (`idx`); relative paths start at the spec file's folder.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Options of the built-in generated domain (`generated` only).
+    #[serde(default)]
+    pub generated: Option<GeneratedSpec>,
+    /// Mean subtracted from inputs after scaling them to [0, 1].
+    #[serde(default)]
+    pub mean: f64,
+    /// Standard deviation inputs are divided by after subtracting the mean.
+    #[serde(default = "one")]
+    pub std: f64,
+}
+
+/// Storage format of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    /// The built-in generated image domain: deterministic, nothing to download.
+    Generated,
+    /// MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-...`).
+    Idx,
+}
+
+/// The built-in generated domain: glyphs made of strokes placed in the four quadrants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedSpec {
+    /// Seed of the domain: which glyph each class is.
+    #[serde(default = "default_domain_seed")]
+    pub seed: u64,
+    /// Number of classes.
+    #[serde(default = "default_generated_classes")]
+    pub classes: u32,
+    /// Side of the square images, in pixels (a multiple of 4, at least 8).
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    /// Standard deviation of the pixel noise.
+    #[serde(default = "default_noise")]
+    pub noise: f64,
+    /// Images per class in the train split.
+    #[serde(default = "default_train_per_class")]
+    pub train_per_class: usize,
+    /// Images per class in the test split.
+    #[serde(default = "default_test_per_class")]
+    pub test_per_class: usize,
+}
+
+impl Default for GeneratedSpec {
+    fn default() -> Self {
+        Self {
+            seed: default_domain_seed(),
+            classes: default_generated_classes(),
+            image_size: default_image_size(),
+            noise: default_noise(),
+            train_per_class: default_train_per_class(),
+            test_per_class: default_test_per_class(),
+        }
+    }
+}
+
+/// Architecture of the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Architecture name.
+    pub arch: Arch,
+    /// Hidden layer widths of `mlp`, one block each.
+    #[serde(default)]
+    pub hidden: Option<Vec<usize>>,
+}
+
+/// Architectures in the model zoo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// Fully connected blocks (linear + ReLU), one per `hidden` width.
+    Mlp,
+    /// Four 3x3 conv blocks and one linear block (5 blocks).
+    Cnn6,
+}
+
+/// Where the source model comes from: exactly one of `pretrain` or `checkpoint`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Train the source model here, once, and reuse it from the run store.
+    #[serde(default)]
+    pub pretrain: Option<PretrainSpec>,
+    /// A safetensors file with the blocks' weights (`b1.conv.weight`, ...).
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Pretraining of the source model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSpec {
+    /// Data the source model is trained on.
+    pub data: DataSelection,
+    /// How the source model is trained.
+    pub train: TrainSpec,
+    /// Seed of the source model's initialisation and batch order.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// The target task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Data each trial trains on.
+    pub train: DataSelection,
+    /// Data each trial is evaluated on.
+    pub eval: DataSelection,
+}
+
+/// A subset of one dataset split: some classes (relabelled 0..k in the order given), some images each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataSelection {
+    /// Name of a dataset under `datasets`.
+    pub dataset: String,
+    /// Which split of the dataset.
+    #[serde(default)]
+    pub split: Split,
+    /// Original class labels to keep; all classes when left out.
+    #[serde(default)]
+    pub classes: Option<Vec<u32>>,
+    /// Images drawn per class (with the trial's seed); all when left out.
+    #[serde(default)]
+    pub per_class: Option<usize>,
+}
+
+/// A dataset split.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The training split.
+    #[default]
+    Train,
+    /// The held-out test split.
+    Test,
+}
+
+/// Optimisation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Number of optimiser steps (give this or `epochs`).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Number of passes over the training data (give this or `steps`).
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Optimiser.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay (`adamw`, `sgd`).
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+    /// Momentum (`sgd`).
+    #[serde(default)]
+    pub momentum: Option<f64>,
+    /// Record the mean training loss every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+}
+
+/// Optimisers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam (AdamW with no weight decay).
+    #[default]
+    Adam,
+    /// Adam with decoupled weight decay (default 0.01).
+    Adamw,
+    /// Stochastic gradient descent with momentum (default 0.9).
+    Sgd,
+}
+
+/// A named strategy: a preset over (transfer_depth, freeze_depth).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// t = 0, f = 0: the from-scratch baseline.
+    Scratch,
+    /// t = L, f = L: frozen feature extractor, only the head trains.
+    Transfer,
+    /// t = L, f = freeze_depth.
+    PartialFreeze,
+    /// t = L, f = 0: full fine-tuning.
+    Finetune,
+    /// t = freeze_depth, f = freeze_depth (Yosinski et al. 2014 "AnB").
+    PrefixFrozen,
+    /// t = freeze_depth, f = 0 (Yosinski et al. 2014 "AnB+").
+    PrefixFinetune,
+}
+
+impl Strategy {
+    /// Every strategy name, as written in specs.
+    pub const NAMES: &'static [&'static str] = &[
+        "scratch",
+        "transfer",
+        "partial_freeze",
+        "finetune",
+        "prefix_frozen",
+        "prefix_finetune",
+    ];
+
+    /// Whether the preset reads `freeze_depth`.
+    pub fn uses_freeze_depth(self) -> bool {
+        matches!(
+            self,
+            Strategy::PartialFreeze | Strategy::PrefixFrozen | Strategy::PrefixFinetune
+        )
+    }
+
+    /// The preset's (transfer_depth, freeze_depth) for a network of `blocks` blocks.
+    pub fn depths(self, blocks: usize, freeze_depth: usize) -> (usize, usize) {
+        match self {
+            Strategy::Scratch => (0, 0),
+            Strategy::Transfer => (blocks, blocks),
+            Strategy::PartialFreeze => (blocks, freeze_depth),
+            Strategy::Finetune => (blocks, 0),
+            Strategy::PrefixFrozen => (freeze_depth, freeze_depth),
+            Strategy::PrefixFinetune => (freeze_depth, 0),
+        }
+    }
+
+    /// The name as written in specs.
+    pub fn name(self) -> &'static str {
+        Strategy::NAMES[self as usize]
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of `strategies`: a strategy name or a raw pair of depths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StrategyEntry {
+    /// A named preset.
+    Named(Strategy),
+    /// Raw depths.
+    Raw(RawDepths),
+}
+
+/// A raw (transfer_depth, freeze_depth) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDepths {
+    /// Blocks 1..t start from the source model.
+    pub transfer_depth: usize,
+    /// Blocks 1..f are frozen (f <= t).
+    pub freeze_depth: usize,
+}
+
+// Hand-written so a misspelt name gets serde's "unknown variant, expected one of" (and so a
+// did-you-mean) instead of the untagged enum's "data did not match any variant".
+impl<'de> Deserialize<'de> for StrategyEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = StrategyEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a strategy name or {transfer_depth, freeze_depth}")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<StrategyEntry, E> {
+                Strategy::deserialize(de::value::StrDeserializer::<E>::new(name))
+                    .map(StrategyEntry::Named)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StrategyEntry, A::Error> {
+                RawDepths::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(StrategyEntry::Raw)
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
+    }
+}
+
+/// Name of the built-in generated dataset, present in every spec.
+pub const BUILTIN_DATASET: &str = "glyphs";
+
+fn default_datasets() -> BTreeMap<String, DatasetSpec> {
+    BTreeMap::from([(BUILTIN_DATASET.to_string(), builtin_dataset())])
+}
+
+/// The built-in generated dataset with its default options.
+pub fn builtin_dataset() -> DatasetSpec {
+    DatasetSpec {
+        format: DatasetFormat::Generated,
+        dir: None,
+        generated: Some(GeneratedSpec::default()),
+        mean: 0.0,
+        std: 1.0,
+    }
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_domain_seed() -> u64 {
+    7
+}
+fn default_generated_classes() -> u32 {
+    10
+}
+fn default_image_size() -> usize {
+    16
+}
+fn default_noise() -> f64 {
+    0.3
+}
+fn default_train_per_class() -> usize {
+    1000
+}
+fn default_test_per_class() -> usize {
+    200
+}
+fn default_log_every() -> usize {
+    10
+}

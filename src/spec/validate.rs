@@ -1,0 +1,430 @@
+//! Checks a spec's values beyond their types: ranges, names, depths and the data they name.
+
+use std::collections::BTreeSet;
+
+use super::suggest;
+use super::types::*;
+use crate::data::{Catalog, ImageShape};
+use crate::error::InputError;
+
+/// Makes a located error for the value at a key path.
+pub type Locate<'a> = &'a dyn Fn(&str, String) -> InputError;
+
+/// Number of blocks of a model, without building it.
+pub fn block_count(model: &ModelSpec) -> usize {
+    match model.arch {
+        Arch::Mlp => model.hidden.as_ref().map_or(0, Vec::len),
+        Arch::Cnn6 => 5,
+    }
+}
+
+/// Checks one fully resolved spec (a sweep point: every axis replaced by one value).
+pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputError> {
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || spec.name.starts_with('.')
+    {
+        return Err(
+            at("name", format!("`{}` cannot name a run folder", spec.name))
+                .with_help("use letters, digits, `-`, `_` and `.`, not starting with `.`"),
+        );
+    }
+    for (name, dataset) in &spec.datasets {
+        check_dataset(&format!("datasets.{name}"), dataset, at)?;
+    }
+    check_model(&spec.model, at)?;
+    let blocks = block_count(&spec.model);
+
+    let selections = selections(spec);
+    for (path, selection) in &selections {
+        check_selection(path, selection, spec, catalog, at)?;
+    }
+    match (&spec.source.pretrain, &spec.source.checkpoint) {
+        (Some(pretrain), None) => check_train("source.pretrain.train", &pretrain.train, at)?,
+        (None, Some(_)) => {}
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "source",
+                "`source` has both `pretrain` and `checkpoint`".into(),
+            )
+            .with_help("give exactly one of `pretrain` or `checkpoint`"));
+        }
+        (None, None) => {
+            return Err(
+                at("source", "`source` needs `pretrain` or `checkpoint`".into())
+                    .with_help("e.g. source: {checkpoint: model.safetensors}"),
+            );
+        }
+    }
+    check_train("train", &spec.train, at)?;
+
+    let class_count = |s: &DataSelection| -> Result<usize, InputError> {
+        Ok(match &s.classes {
+            Some(classes) => classes.len(),
+            None => catalog.class_counts(&s.dataset, s.split)?.len(),
+        })
+    };
+    let (train_classes, eval_classes) = (
+        class_count(&spec.target.train)?,
+        class_count(&spec.target.eval)?,
+    );
+    if train_classes != eval_classes {
+        return Err(at(
+            "target.eval.classes",
+            format!(
+                "the target is trained on {train_classes} classes but evaluated on {eval_classes}"
+            ),
+        ));
+    }
+
+    let mut shapes: Vec<(&str, ImageShape)> = Vec::new();
+    for (path, selection) in &selections {
+        shapes.push((path, catalog.shape(&selection.dataset)?));
+    }
+    if let Some((path, shape)) = shapes.iter().find(|(_, s)| *s != shapes[0].1) {
+        return Err(at(
+            &format!("{path}.dataset"),
+            format!(
+                "images of {}x{}x{} here, but {}x{}x{} in `{}`: one model cannot take both",
+                shape.channels,
+                shape.height,
+                shape.width,
+                shapes[0].1.channels,
+                shapes[0].1.height,
+                shapes[0].1.width,
+                shapes[0].0
+            ),
+        ));
+    }
+    let shape = shapes[0].1;
+    if spec.model.arch == Arch::Cnn6 && (shape.height % 4 != 0 || shape.width % 4 != 0) {
+        return Err(at(
+            "model.arch",
+            format!(
+                "cnn6 pools twice, so image sides must be multiples of 4, not {}x{}",
+                shape.height, shape.width
+            ),
+        ));
+    }
+
+    if spec.strategies.is_empty() {
+        return Err(
+            at("strategies", "`strategies` is empty".into()).with_help(format!(
+                "name at least one of: {}",
+                Strategy::NAMES.join(", ")
+            )),
+        );
+    }
+    for (i, entry) in spec.strategies.iter().enumerate() {
+        match entry {
+            StrategyEntry::Named(strategy) if strategy.uses_freeze_depth() => {
+                match spec.freeze_depth {
+                    None => {
+                        return Err(at(&format!("strategies.{i}"), format!("`{strategy}` needs a `freeze_depth`"))
+                        .with_help(format!("set `freeze_depth`, or sweep it: sweep: {{freeze_depth: [1, 2]}} (the model has {blocks} blocks)")));
+                    }
+                    Some(f) if f > blocks => {
+                        return Err(at(
+                            "freeze_depth",
+                            format!("freeze_depth {f} is deeper than the model's {blocks} blocks"),
+                        )
+                        .with_help(format!("use 0..={blocks}")));
+                    }
+                    Some(_) => {}
+                }
+            }
+            StrategyEntry::Raw(raw) => {
+                let path = format!("strategies.{i}");
+                if raw.transfer_depth > blocks {
+                    return Err(at(
+                        &format!("{path}.transfer_depth"),
+                        format!(
+                            "transfer_depth {} is deeper than the model's {blocks} blocks",
+                            raw.transfer_depth
+                        ),
+                    )
+                    .with_help(format!("use 0..={blocks}")));
+                }
+                if raw.freeze_depth > raw.transfer_depth {
+                    return Err(at(&format!("{path}.freeze_depth"), format!("freeze_depth {} is deeper than transfer_depth {}: only transferred blocks can be frozen", raw.freeze_depth, raw.transfer_depth))
+                        .with_help(format!("use 0..={}", raw.transfer_depth)));
+                }
+            }
+            StrategyEntry::Named(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every data selection of the spec, with its key path.
+pub fn selections(spec: &Spec) -> Vec<(&'static str, &DataSelection)> {
+    let mut all = vec![
+        ("target.train", &spec.target.train),
+        ("target.eval", &spec.target.eval),
+    ];
+    if let Some(pretrain) = &spec.source.pretrain {
+        all.insert(0, ("source.pretrain.data", &pretrain.data));
+    }
+    all
+}
+
+fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), InputError> {
+    match dataset.format {
+        DatasetFormat::Idx if dataset.dir.is_none() => {
+            return Err(at(
+                path,
+                "an idx dataset needs `dir`, the folder of its files".into(),
+            ));
+        }
+        DatasetFormat::Idx if dataset.generated.is_some() => {
+            return Err(at(
+                &format!("{path}.generated"),
+                "`generated` options apply only to format `generated`".into(),
+            ));
+        }
+        DatasetFormat::Generated if dataset.dir.is_some() => {
+            return Err(at(
+                &format!("{path}.dir"),
+                "a generated dataset has no `dir`".into(),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(g) = &dataset.generated {
+        let gpath = format!("{path}.generated");
+        if !(1..=50).contains(&g.classes) {
+            return Err(at(
+                &format!("{gpath}.classes"),
+                format!("{} classes: use 1 to 50", g.classes),
+            ));
+        }
+        if g.image_size < 8 || g.image_size % 4 != 0 || g.image_size > 256 {
+            return Err(at(
+                &format!("{gpath}.image_size"),
+                format!(
+                    "image_size {}: use a multiple of 4 from 8 to 256",
+                    g.image_size
+                ),
+            ));
+        }
+        if !g.noise.is_finite() || g.noise < 0.0 {
+            return Err(at(
+                &format!("{gpath}.noise"),
+                format!("noise {}: use a finite number >= 0", g.noise),
+            ));
+        }
+        for (key, n) in [
+            ("train_per_class", g.train_per_class),
+            ("test_per_class", g.test_per_class),
+        ] {
+            if n == 0 || n > 100_000 {
+                return Err(at(
+                    &format!("{gpath}.{key}"),
+                    format!("{key} {n}: use 1 to 100000"),
+                ));
+            }
+        }
+    }
+    if !dataset.mean.is_finite() {
+        return Err(at(
+            &format!("{path}.mean"),
+            format!("mean {} is not a finite number", dataset.mean),
+        ));
+    }
+    if !dataset.std.is_finite() || dataset.std <= 0.0 {
+        return Err(at(
+            &format!("{path}.std"),
+            format!("std {}: use a finite number > 0", dataset.std),
+        ));
+    }
+    Ok(())
+}
+
+fn check_model(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
+    match (model.arch, &model.hidden) {
+        (Arch::Mlp, None) => Err(at(
+            "model",
+            "an mlp needs `hidden`, its layer widths (one block each)".into(),
+        )
+        .with_help("e.g. model: {arch: mlp, hidden: [128, 128, 64]}")),
+        (Arch::Mlp, Some(hidden))
+            if hidden.is_empty() || hidden.contains(&0) || hidden.iter().any(|&h| h > 65_536) =>
+        {
+            Err(at(
+                "model.hidden",
+                format!("hidden {hidden:?}: give at least one width, each from 1 to 65536"),
+            ))
+        }
+        (Arch::Cnn6, Some(_)) => Err(at(
+            "model.hidden",
+            "`hidden` applies only to `mlp`; cnn6's layers are fixed".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_train(path: &str, train: &TrainSpec, at: Locate) -> Result<(), InputError> {
+    match (train.steps, train.epochs) {
+        (Some(_), Some(_)) => {
+            return Err(at(
+                &format!("{path}.epochs"),
+                format!("`{path}` has both `steps` and `epochs`"),
+            )
+            .with_help("give one of them"));
+        }
+        (None, None) => return Err(at(path, format!("`{path}` needs `steps` or `epochs`"))),
+        (Some(0), _) => {
+            return Err(at(
+                &format!("{path}.steps"),
+                "steps must be at least 1".into(),
+            ));
+        }
+        (_, Some(0)) => {
+            return Err(at(
+                &format!("{path}.epochs"),
+                "epochs must be at least 1".into(),
+            ));
+        }
+        _ => {}
+    }
+    if train.batch_size == 0 {
+        return Err(at(
+            &format!("{path}.batch_size"),
+            "batch_size must be at least 1".into(),
+        ));
+    }
+    if !train.lr.is_finite() || train.lr <= 0.0 {
+        return Err(at(
+            &format!("{path}.lr"),
+            format!("lr {}: use a finite number > 0", train.lr),
+        ));
+    }
+    if train.log_every == 0 {
+        return Err(at(
+            &format!("{path}.log_every"),
+            "log_every must be at least 1".into(),
+        ));
+    }
+    if let Some(decay) = train.weight_decay {
+        if train.optimizer == OptimizerKind::Adam {
+            return Err(at(
+                &format!("{path}.weight_decay"),
+                "adam takes no weight_decay".into(),
+            )
+            .with_help("use optimizer: adamw for decoupled weight decay"));
+        }
+        if !decay.is_finite() || decay < 0.0 {
+            return Err(at(
+                &format!("{path}.weight_decay"),
+                format!("weight_decay {decay}: use a finite number >= 0"),
+            ));
+        }
+    }
+    if let Some(momentum) = train.momentum {
+        if train.optimizer != OptimizerKind::Sgd {
+            return Err(at(
+                &format!("{path}.momentum"),
+                "momentum applies only to sgd".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(at(
+                &format!("{path}.momentum"),
+                format!("momentum {momentum}: use a number in [0, 1)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_selection(
+    path: &str,
+    selection: &DataSelection,
+    spec: &Spec,
+    catalog: &Catalog,
+    at: Locate,
+) -> Result<(), InputError> {
+    if !spec.datasets.contains_key(&selection.dataset) {
+        let names: Vec<&str> = spec.datasets.keys().map(String::as_str).collect();
+        return Err(at(
+            &format!("{path}.dataset"),
+            format!("no dataset named `{}`", selection.dataset),
+        )
+        .with_help(suggest::help(&selection.dataset, &names, "datasets")));
+    }
+    let counts = catalog
+        .class_counts(&selection.dataset, selection.split)
+        .map_err(|e| {
+            let located = at(
+                &format!("datasets.{}", selection.dataset),
+                e.message.clone(),
+            );
+            // Keep the file the data error names; point at the spec only when it names none.
+            InputError {
+                origin: e.origin.clone().or(located.origin),
+                help: e.help.clone(),
+                ..located
+            }
+        })?;
+    let classes: Vec<u32> = match &selection.classes {
+        Some(classes) => classes.clone(),
+        None => counts.keys().copied().collect(),
+    };
+    if classes.is_empty() {
+        return Err(at(&format!("{path}.classes"), "`classes` is empty".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, class) in classes.iter().enumerate() {
+        if !seen.insert(class) {
+            return Err(at(
+                &format!("{path}.classes.{i}"),
+                format!("class {class} is listed twice"),
+            ));
+        }
+        if !counts.contains_key(class) {
+            let present: Vec<String> = counts.keys().map(u32::to_string).collect();
+            return Err(at(
+                &format!("{path}.classes.{i}"),
+                format!(
+                    "class {class} is not in the {} split of `{}`",
+                    split_name(selection.split),
+                    selection.dataset
+                ),
+            )
+            .with_help(format!("its classes are {}", present.join(", "))));
+        }
+    }
+    if let Some(per_class) = selection.per_class {
+        if per_class == 0 {
+            return Err(at(
+                &format!("{path}.per_class"),
+                "per_class must be at least 1".into(),
+            ));
+        }
+        if let Some((class, have)) = classes
+            .iter()
+            .map(|c| (c, counts[c]))
+            .find(|(_, n)| *n < per_class)
+        {
+            return Err(at(
+                &format!("{path}.per_class"),
+                format!(
+                    "per_class {per_class} is more than class {class} has: {have} images in the {} split of `{}`",
+                    split_name(selection.split),
+                    selection.dataset
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn split_name(split: Split) -> &'static str {
+    match split {
+        Split::Train => "train",
+        Split::Test => "test",
+    }
+}

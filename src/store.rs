@@ -1,0 +1,220 @@
+//! The run store, the source of truth: one folder per sweep, one file per trial record.
+//!
+//! ```text
+//! <store>/<name>/spec.yaml                 resolved spec of the latest `run`
+//! <store>/<name>/plan.json                 its trial table
+//! <store>/<name>/trials/<id>.json          one record per ended trial
+//! <store>/<name>/checkpoints/<id>.safetensors
+//! <store>/<name>/locks/<id>.lock           held (flock) while a process runs the trial
+//! <store>/sources/<hash>.safetensors       pretrained source models, shared by sweeps
+//! ```
+//! Every file is written to a temporary name in its folder and renamed into place, so a
+//! reader (or a process killed mid-write) never sees half a file, and processes on many
+//! machines can share one store: a record is one file named by its trial id.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::plan::{Plan, TrialConfig};
+use crate::train::{CurvePoint, Evaluation};
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Trained and evaluated.
+    Finished,
+    /// Stopped by an error; `error` says why.
+    Failed,
+}
+
+/// Wall-clock times of a trial, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Unix time the trial started.
+    pub started_at: u64,
+    /// Loading data and weights.
+    pub setup_seconds: f64,
+    /// Training.
+    pub train_seconds: f64,
+    /// Evaluation.
+    pub eval_seconds: f64,
+}
+
+/// Everything known about one ended trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// Stable id.
+    pub id: String,
+    /// Position in the plan.
+    pub index: usize,
+    /// Strategies that resolved to this trial.
+    pub strategies: Vec<String>,
+    /// Blocks 1..t started from the source model.
+    pub transfer_depth: usize,
+    /// Blocks 1..f were frozen.
+    pub freeze_depth: usize,
+    /// Swept values.
+    pub axes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Finished or failed.
+    pub status: Status,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Evaluation on the target's eval data.
+    pub eval: Option<Evaluation>,
+    /// Training loss every `log_every` steps.
+    pub curve: Vec<CurvePoint>,
+    /// Optimizer steps run.
+    pub steps: usize,
+    /// Times.
+    pub timings: Timings,
+    /// Device the trial ran on.
+    pub device: String,
+    /// Source model it started from: a pretrain hash or a checkpoint path.
+    pub source: Option<String>,
+    /// xferlab version that ran it.
+    pub xferlab_version: String,
+    /// Canonical config.
+    pub config: TrialConfig,
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
+    let context = || format!("cannot write {}", path.display());
+    let mut file = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(Error::io(context()))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(Error::io(context()))?;
+    file.as_file().sync_all().map_err(Error::io(context()))?;
+    file.persist(path)
+        .map_err(|e| Error::io(context())(e.error))?;
+    Ok(())
+}
+
+/// An exclusive lock on a file, released when dropped or when the process dies.
+pub struct Lock(#[allow(dead_code)] File);
+
+/// Takes the lock on `path`: waits for it when `wait`, else returns None when it is held.
+pub fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(Error::io(format!("cannot open lock {}", path.display())))?;
+    if wait {
+        file.lock()
+            .map_err(Error::io(format!("cannot lock {}", path.display())))?;
+        return Ok(Some(Lock(file)));
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Lock(file))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("cannot lock {}", path.display()))(e))
+        }
+    }
+}
+
+/// One sweep's folder in the run store.
+pub struct RunStore {
+    root: PathBuf,
+}
+
+impl RunStore {
+    /// The folder of sweep `name` under `store` (created on first write).
+    pub fn new(store: &Path, name: &str) -> Self {
+        RunStore {
+            root: store.join(name),
+        }
+    }
+
+    /// An existing sweep folder.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join("plan.json").is_file() {
+            return Err(Error::Input(crate::error::InputError::new(format!(
+                "{} is not a sweep folder of the run store (it has no plan.json)",
+                root.display()
+            )).with_help("give a folder like runs/<name>, or the spec file; `xferlab run SPEC` creates it")));
+        }
+        Ok(RunStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The sweep folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Saves the resolved spec and its plan.
+    pub fn write_plan(&self, spec_yaml: &str, plan: &Plan) -> Result<()> {
+        write_atomic(&self.root.join("spec.yaml"), spec_yaml.as_bytes())?;
+        let json = serde_json::to_vec_pretty(plan).expect("plans serialise");
+        write_atomic(&self.root.join("plan.json"), &json)
+    }
+
+    /// The saved plan.
+    pub fn plan(&self) -> Result<Plan> {
+        let path = self.root.join("plan.json");
+        let bytes =
+            std::fs::read(&path).map_err(Error::io(format!("cannot read {}", path.display())))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()))(e.into()))
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.root.join("trials").join(format!("{id}.json"))
+    }
+
+    /// Where a trial's trained weights go.
+    pub fn checkpoint_path(&self, id: &str) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(format!("{id}.safetensors"))
+    }
+
+    /// The record of trial `id`, if it has one.
+    pub fn record(&self, id: &str) -> Result<Option<TrialRecord>> {
+        let path = self.record_path(id);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::io(format!("cannot read record {}", path.display()))(e.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot read record {}", path.display()))(
+                e,
+            )),
+        }
+    }
+
+    /// Writes a trial's record (atomically; the record is what marks a trial done).
+    pub fn write_record(&self, record: &TrialRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(record).expect("records serialise");
+        write_atomic(&self.record_path(&record.id), &json)
+    }
+
+    /// Takes trial `id`'s lock, or None when another process holds it.
+    pub fn try_lock_trial(&self, id: &str) -> Result<Option<Lock>> {
+        lock(&self.root.join("locks").join(format!("{id}.lock")), false)
+    }
+
+    /// The records of the plan's trials that have one, in plan order.
+    pub fn records(&self, plan: &Plan) -> Result<Vec<TrialRecord>> {
+        let mut records = Vec::new();
+        for trial in &plan.trials {
+            if let Some(record) = self.record(&trial.id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
