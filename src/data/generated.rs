@@ -139,14 +139,14 @@ mod tests {
         let test = images(&spec, Split::Test);
         assert_eq!(a.pixels, b.pixels);
         assert_ne!(a.pixels, test.pixels);
-        assert_eq!(a.labels.len(), 30);
+        assert_eq!(a.labels.len(), 60);
         assert!(a.pixels.iter().all(|p| (0.0..=1.0).contains(p)));
     }
 
     #[test]
     fn classes_are_distinct_glyphs() {
         let glyphs = glyphs(&GeneratedSpec::default());
-        assert_eq!(glyphs.len(), 10);
+        assert_eq!(glyphs.len(), 20);
         for (i, a) in glyphs.iter().enumerate() {
             for b in &glyphs[i + 1..] {
                 assert!(a.iter().zip(b).filter(|(x, y)| x != y).count() >= 2);

@@ -97,14 +97,26 @@ pub(super) fn labels(dir: &Path, split: Split) -> Result<Vec<u32>, InputError> {
     Ok(bytes.into_iter().map(u32::from).collect())
 }
 
+/// The image shape from the header alone: no need to unpack the whole file to plan.
 pub(super) fn shape(dir: &Path, split: Split) -> Result<ImageShape, InputError> {
     let path = find(dir, &format!("{}-images-idx3-ubyte", prefix(split)))?;
-    let (dims, _) = read(&path, IMAGES_MAGIC)?;
-    Ok(ImageShape {
-        channels: 1,
-        height: dims[1],
-        width: dims[2],
-    })
+    let file = std::fs::File::open(&path).map_err(|e| file_error(&path, format!("cannot read: {e}")))?;
+    let mut reader = std::io::BufReader::new(file);
+    let gzipped = std::io::BufRead::fill_buf(&mut reader)
+        .map_err(|e| file_error(&path, format!("cannot read: {e}")))?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut header = [0u8; 16];
+    let read = if gzipped {
+        flate2::bufread::GzDecoder::new(reader).read_exact(&mut header)
+    } else {
+        reader.read_exact(&mut header)
+    };
+    read.map_err(|_| file_error(&path, "too short for an IDX header"))?;
+    let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    if word(0) != IMAGES_MAGIC {
+        return Err(file_error(&path, format!("not an IDX file of unsigned bytes with 3 dimension(s): magic number is {:#010x}, expected {IMAGES_MAGIC:#010x}", word(0))));
+    }
+    Ok(ImageShape { channels: 1, height: word(8) as usize, width: word(12) as usize })
 }
 
 pub(super) fn images(dir: &Path, split: Split) -> Result<Images, InputError> {

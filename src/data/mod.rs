@@ -73,6 +73,7 @@ pub struct Batchable {
 pub struct Catalog {
     specs: BTreeMap<String, DatasetSpec>,
     loaded: Mutex<HashMap<(String, Split), Arc<Images>>>,
+    counts: Mutex<HashMap<(String, Split), BTreeMap<u32, usize>>>,
 }
 
 impl Catalog {
@@ -81,6 +82,7 @@ impl Catalog {
         Catalog {
             specs: specs.clone(),
             loaded: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -111,18 +113,20 @@ impl Catalog {
     }
 
     /// Images per class of one split, without reading the images when the format allows.
-    pub fn class_counts(
-        &self,
-        name: &str,
-        split: Split,
-    ) -> Result<BTreeMap<u32, usize>, InputError> {
+    pub fn class_counts(&self, name: &str, split: Split) -> Result<BTreeMap<u32, usize>, InputError> {
+        let key = (name.to_string(), split);
+        if let Some(counts) = self.counts.lock().expect("catalog lock").get(&key) {
+            return Ok(counts.clone());
+        }
         let spec = self.spec(name)?;
-        Ok(match spec.format {
+        let counts = match spec.format {
             DatasetFormat::Generated => {
                 generated::class_counts(&spec.generated.clone().unwrap_or_default(), split)
             }
             DatasetFormat::Idx => count(&idx::labels(dir_of(spec, name)?, split)?),
-        })
+        };
+        self.counts.lock().expect("catalog lock").insert(key, counts.clone());
+        Ok(counts)
     }
 
     /// The shape of the dataset's images.

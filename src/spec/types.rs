@@ -388,13 +388,13 @@ fn default_domain_seed() -> u64 {
     7
 }
 fn default_generated_classes() -> u32 {
-    10
+    20
 }
 fn default_image_size() -> usize {
     16
 }
 fn default_noise() -> f64 {
-    0.3
+    0.5
 }
 fn default_train_per_class() -> usize {
     1000

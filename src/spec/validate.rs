@@ -359,7 +359,7 @@ fn check_selection(
         .class_counts(&selection.dataset, selection.split)
         .map_err(|e| {
             let located = at(
-                &format!("datasets.{}", selection.dataset),
+                &format!("datasets.{}.dir", selection.dataset),
                 e.message.clone(),
             );
             // Keep the file the data error names; point at the spec only when it names none.
