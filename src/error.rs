@@ -89,35 +89,45 @@ impl std::error::Error for InputError {}
 impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "error: {}", self.message)?;
+        // The gutter is as wide as the line number, as in rustc's messages.
+        let mut pad = String::from(" ");
         match &self.origin {
             Some(Origin::File {
                 path,
-                position,
+                position: Some(p),
                 line_text,
-            }) => match position {
-                Some(p) => {
-                    writeln!(f, "  --> {}:{}:{}", path.display(), p.line, p.column)?;
-                    if let Some(text) = line_text {
-                        let number = p.line.to_string();
-                        let pad = " ".repeat(number.len());
-                        writeln!(f, "{pad} |")?;
-                        writeln!(f, "{number} | {text}")?;
-                        let caret_at: String = text
-                            .chars()
-                            .take(p.column.saturating_sub(1))
-                            .map(|c| if c == '\t' { '\t' } else { ' ' })
-                            .collect();
-                        writeln!(f, "{pad} | {caret_at}^")?;
-                    }
+            }) => {
+                let number = p.line.to_string();
+                pad = " ".repeat(number.len());
+                writeln!(f, "{pad}--> {}:{}:{}", path.display(), p.line, p.column)?;
+                if let Some(text) = line_text {
+                    let before: String = text
+                        .chars()
+                        .take(p.column.saturating_sub(1))
+                        .map(|c| if c == '\t' { '\t' } else { ' ' })
+                        .collect();
+                    let token = text
+                        .chars()
+                        .skip(p.column.saturating_sub(1))
+                        .take_while(|c| !":,{}[] ".contains(*c))
+                        .count()
+                        .max(1);
+                    writeln!(f, "{pad} |")?;
+                    writeln!(f, "{number} | {text}")?;
+                    writeln!(f, "{pad} | {before}{}", "^".repeat(token))?;
                 }
-                None => writeln!(f, "  --> {}", path.display())?,
-            },
-            Some(Origin::Env(name)) => writeln!(f, "  --> environment variable {name}")?,
-            Some(Origin::Override(text)) => writeln!(f, "  --> --set {text}")?,
+            }
+            Some(Origin::File {
+                path,
+                position: None,
+                ..
+            }) => writeln!(f, "{pad}--> {}", path.display())?,
+            Some(Origin::Env(name)) => writeln!(f, "{pad}--> environment variable {name}")?,
+            Some(Origin::Override(text)) => writeln!(f, "{pad}--> --set {text}")?,
             None => {}
         }
         if let Some(help) = &self.help {
-            writeln!(f, "  = help: {help}")?;
+            writeln!(f, "{pad} = help: {help}")?;
         }
         Ok(())
     }

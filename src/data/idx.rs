@@ -100,7 +100,8 @@ pub(super) fn labels(dir: &Path, split: Split) -> Result<Vec<u32>, InputError> {
 /// The image shape from the header alone: no need to unpack the whole file to plan.
 pub(super) fn shape(dir: &Path, split: Split) -> Result<ImageShape, InputError> {
     let path = find(dir, &format!("{}-images-idx3-ubyte", prefix(split)))?;
-    let file = std::fs::File::open(&path).map_err(|e| file_error(&path, format!("cannot read: {e}")))?;
+    let file =
+        std::fs::File::open(&path).map_err(|e| file_error(&path, format!("cannot read: {e}")))?;
     let mut reader = std::io::BufReader::new(file);
     let gzipped = std::io::BufRead::fill_buf(&mut reader)
         .map_err(|e| file_error(&path, format!("cannot read: {e}")))?
@@ -112,11 +113,23 @@ pub(super) fn shape(dir: &Path, split: Split) -> Result<ImageShape, InputError> 
         reader.read_exact(&mut header)
     };
     read.map_err(|_| file_error(&path, "too short for an IDX header"))?;
-    let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     if word(0) != IMAGES_MAGIC {
-        return Err(file_error(&path, format!("not an IDX file of unsigned bytes with 3 dimension(s): magic number is {:#010x}, expected {IMAGES_MAGIC:#010x}", word(0))));
+        return Err(file_error(
+            &path,
+            format!(
+                "not an IDX file of unsigned bytes with 3 dimension(s): magic number is {:#010x}, expected {IMAGES_MAGIC:#010x}",
+                word(0)
+            ),
+        ));
     }
-    Ok(ImageShape { channels: 1, height: word(8) as usize, width: word(12) as usize })
+    Ok(ImageShape {
+        channels: 1,
+        height: word(8) as usize,
+        width: word(12) as usize,
+    })
 }
 
 pub(super) fn images(dir: &Path, split: Split) -> Result<Images, InputError> {

@@ -113,7 +113,11 @@ impl Catalog {
     }
 
     /// Images per class of one split, without reading the images when the format allows.
-    pub fn class_counts(&self, name: &str, split: Split) -> Result<BTreeMap<u32, usize>, InputError> {
+    pub fn class_counts(
+        &self,
+        name: &str,
+        split: Split,
+    ) -> Result<BTreeMap<u32, usize>, InputError> {
         let key = (name.to_string(), split);
         if let Some(counts) = self.counts.lock().expect("catalog lock").get(&key) {
             return Ok(counts.clone());
@@ -125,7 +129,10 @@ impl Catalog {
             }
             DatasetFormat::Idx => count(&idx::labels(dir_of(spec, name)?, split)?),
         };
-        self.counts.lock().expect("catalog lock").insert(key, counts.clone());
+        self.counts
+            .lock()
+            .expect("catalog lock")
+            .insert(key, counts.clone());
         Ok(counts)
     }
 

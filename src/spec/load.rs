@@ -15,6 +15,9 @@ use crate::error::{InputError, Origin};
 /// Prefix of environment variables that override spec keys (`XFERLAB_TRAIN__LR=0.01`).
 pub const ENV_PREFIX: &str = "XFERLAB_";
 
+/// `XFERLAB_` variables that configure the command line, not the spec.
+const CLI_VARIABLES: [&str; 1] = ["store"];
+
 /// A spec file as read, for locating errors in it.
 #[derive(Debug)]
 pub struct SpecFile {
@@ -97,14 +100,7 @@ impl LoadedSpec {
                 None => break None,
             }
         };
-        match metadata {
-            Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
-            Some(m) if m.name.contains("environment") => Origin::Env(format!(
-                "{ENV_PREFIX}{}",
-                key_path.to_uppercase().replace('.', "__")
-            )),
-            _ => self.file.origin(key_path, key),
-        }
+        origin_from(metadata, key_path, key, &self.file)
     }
 
     /// An error about the value at `key_path`, located.
@@ -119,7 +115,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedSpec, InputError>
     let overrides = Overrides::parse(overrides)?;
     let figment = Figment::new()
         .merge(Yaml::file_exact(path))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&CLI_VARIABLES))
         .merge(overrides);
     let mut spec: Spec = match figment.extract() {
         Ok(spec) => spec,
@@ -224,49 +220,56 @@ impl Provider for Overrides {
 }
 
 fn map_figment_error(error: figment::Error, file: &SpecFile) -> InputError {
-    let path = error.path.join(".");
-    let origin_of = |key_path: &str, key: bool| match &error.metadata {
+    let origin =
+        |key_path: &str, key: bool| origin_from(error.metadata.as_ref(), key_path, key, file);
+    let mut segments = error.path.clone();
+    // figment puts the offending field itself at the end of the path for field errors.
+    let field = match &error.kind {
+        Kind::UnknownField(field, _) => Some(field.to_string()),
+        Kind::MissingField(field) => Some(field.to_string()),
+        _ => None,
+    };
+    if field.is_some() && segments.last() == field.as_ref() {
+        segments.pop();
+    }
+    let parent = segments.join(".");
+    let within = if parent.is_empty() {
+        "the spec".to_string()
+    } else {
+        format!("`{parent}`")
+    };
+    let child = |key: &str| {
+        if parent.is_empty() {
+            key.to_string()
+        } else {
+            format!("{parent}.{key}")
+        }
+    };
+    match &error.kind {
+        Kind::UnknownField(field, expected) => {
+            InputError::new(format!("unknown key `{field}` in {within}"))
+                .with_origin(origin(&child(field), true))
+                .with_help(super::suggest::help(field, expected, "valid keys"))
+        }
+        Kind::UnknownVariant(value, expected) => {
+            InputError::new(format!("unknown value `{value}` for `{parent}`"))
+                .with_origin(origin(&parent, false))
+                .with_help(super::suggest::help(value, expected, "valid values"))
+        }
+        Kind::MissingField(field) => InputError::new(format!("missing key `{field}` in {within}"))
+            .with_origin(origin(&parent, true)),
+        kind => InputError::new(format!("{within}: {kind}")).with_origin(origin(&parent, false)),
+    }
+}
+
+/// Where a value came from, given the metadata of the provider that set it.
+fn origin_from(metadata: Option<&Metadata>, key_path: &str, key: bool, file: &SpecFile) -> Origin {
+    match metadata {
         Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
         Some(m) if m.name.contains("environment") => Origin::Env(format!(
             "{ENV_PREFIX}{}",
             key_path.to_uppercase().replace('.', "__")
         )),
         _ => file.origin(key_path, key),
-    };
-    let at = |key: &str| {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    let within = if path.is_empty() {
-        "the spec".to_string()
-    } else {
-        format!("`{path}`")
-    };
-    match &error.kind {
-        Kind::UnknownField(field, expected) => {
-            InputError::new(format!("unknown key `{field}` in {within}"))
-                .with_origin(origin_of(&at(field), true))
-                .with_help(super::suggest::help(field, expected, "valid keys"))
-        }
-        Kind::UnknownVariant(value, expected) => {
-            InputError::new(format!("unknown value `{value}` for `{path}`"))
-                .with_origin(origin_of(&path, false))
-                .with_help(super::suggest::help(value, expected, "valid values"))
-        }
-        Kind::MissingField(field) => {
-            InputError::new(format!("missing key `{}` in {within}", field))
-                .with_origin(origin_of(&path, true))
-        }
-        kind => {
-            let subject = if path.is_empty() {
-                "the spec".to_string()
-            } else {
-                format!("`{path}`")
-            };
-            InputError::new(format!("{subject}: {kind}")).with_origin(origin_of(&path, false))
-        }
     }
 }

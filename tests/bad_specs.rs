@@ -1,0 +1,36 @@
+//! Every spec under tests/data/bad is refused with exit code 2 and a located message,
+//! snapshotted; nothing is written to the run store.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn bad_specs_are_refused_with_located_messages() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad");
+    insta::glob!("data/bad/*.yaml", |path| {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        // An optional `# args: ...` first line adds arguments (e.g. --set) to the command.
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut args = vec!["validate", name];
+        if let Some(extra) = text.lines().next().and_then(|l| l.strip_prefix("# args: ")) {
+            args.extend(extra.split_whitespace());
+        }
+        let store = tempfile::tempdir().unwrap();
+        let output = Command::new(common::binary())
+            .args(&args)
+            .current_dir(&dir)
+            .env("XFERLAB_STORE", store.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(output.stdout.is_empty(), "{name} printed to stdout");
+        assert_eq!(
+            std::fs::read_dir(store.path()).unwrap().count(),
+            0,
+            "{name} wrote to the store"
+        );
+        insta::assert_snapshot!(stderr);
+    });
+}

@@ -1,0 +1,105 @@
+//! A small harness that runs the real `xferlab` binary in a private folder.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The xferlab binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_xferlab")
+}
+
+/// A private folder with files in it, where the binary runs.
+pub struct Test {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+/// What a run printed and returned.
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Self {
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Test {
+            dir: tempfile::tempdir().expect("a temp dir"),
+            env: Vec::new(),
+        }
+    }
+
+    /// Writes a file (folders created) relative to the test folder.
+    pub fn file(self, name: &str, contents: impl AsRef<[u8]>) -> Self {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+        self
+    }
+
+    /// Sets an environment variable for every run.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A command for the binary with `args`, in the test folder.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("XFERLAB_STORE");
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("XFERLAB_")) {
+            command.env_remove(key);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs the binary with `args` and waits for it.
+    pub fn run(&self, args: &[&str]) -> Ran {
+        self.command(args).output().expect("the binary runs").into()
+    }
+}
+
+/// A small, fast sweep on the built-in generated data: 2 strategies x 2 sizes x 2 seeds
+/// plus depth variants; a few seconds on 2 cores.
+pub const SMALL_SWEEP: &str = r#"name: small
+datasets:
+  glyphs: {format: generated, generated: {train_per_class: 100, test_per_class: 40}}
+model: {arch: mlp, hidden: [32, 16]}
+source:
+  pretrain:
+    data: {dataset: glyphs, classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}
+    train: {epochs: 2, batch_size: 64, lr: 1.0e-3}
+target:
+  train: {dataset: glyphs, classes: [15, 16, 17], per_class: 5}
+  eval: {dataset: glyphs, split: test, classes: [15, 16, 17]}
+train: {steps: 60, batch_size: 16, lr: 1.0e-3, log_every: 20}
+strategies: [scratch, transfer, partial_freeze, finetune]
+sweep:
+  freeze_depth: [1]
+  target.train.per_class: [5, 20]
+  seed: [0, 1]
+"#;
