@@ -1,0 +1,105 @@
+//! The command line: help, schema drift, the shipped experiments, plans, layering.
+
+mod common;
+
+use common::{SMALL_SWEEP, Test};
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn committed_schema_matches_the_spec_types() {
+    let committed = std::fs::read_to_string(repo("schemas/experiment.schema.json")).unwrap();
+    let ran = Test::new().run(&["schema"]);
+    assert_eq!(ran.code, 0);
+    assert!(committed == ran.stdout, "schemas/experiment.schema.json is stale: run `just schema` and commit it");
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let ran = Test::new().run(&["--help"]);
+    assert_eq!(ran.code, 0);
+    insta::assert_snapshot!(ran.stdout);
+    let run_help = Test::new().run(&["run", "--help"]);
+    insta::assert_snapshot!(run_help.stdout);
+}
+
+#[test]
+fn shipped_experiments_validate() {
+    for spec in ["experiments/quickstart.yaml", "experiments/fmnist-a-to-b.yaml"] {
+        let ran = Test::new().run(&["validate", &repo(spec)]);
+        assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (0, "", ""), "{spec}");
+    }
+}
+
+#[test]
+fn quickstart_plan_is_stable() {
+    let ran = Test::new().run(&["plan", &repo("experiments/quickstart.yaml")]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    insta::assert_snapshot!(ran.stdout);
+}
+
+#[test]
+fn fmnist_plan_has_135_distinct_trials() {
+    let ran = Test::new().run(&["plan", &repo("experiments/fmnist-a-to-b.yaml")]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stdout.starts_with("fmnist-a-to-b: 135 trials (270 strategy x sweep points, 135 merged as equal), model with 5 blocks\n"), "{}", ran.stdout.lines().next().unwrap_or(""));
+    // Every (t, f) the design names, once per (per_class, seed): 15 pairs x 9.
+    let pairs: std::collections::BTreeSet<(String, String)> = ran.stdout.lines().skip(2).map(|l| {
+        let cells: Vec<&str> = l.split_whitespace().collect();
+        (cells[3].to_string(), cells[4].to_string())
+    }).collect();
+    assert_eq!(pairs.len(), 15);
+}
+
+#[test]
+fn resolved_trial_config_is_canonical() {
+    let test = Test::new().file("spec.yaml", SMALL_SWEEP);
+    let ran = test.run(&["plan", "spec.yaml", "--json"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    // Scratch transfers nothing, so its config has no source; transfer's has one.
+    insta::assert_json_snapshot!("scratch_config", plan["trials"][0]["config"]);
+    assert!(plan["trials"][1]["config"]["source"]["pretrain"].is_object());
+}
+
+#[test]
+fn layers_stack_file_then_environment_then_set() {
+    let test = Test::new().file("spec.yaml", SMALL_SWEEP);
+    let lr = |test: &Test, args: &[&str]| -> f64 {
+        let mut all = vec!["plan", "spec.yaml", "--json"];
+        all.extend(args);
+        let ran = test.run(&all);
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        let plan: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        plan["trials"][0]["config"]["train"]["lr"].as_f64().unwrap()
+    };
+    assert_eq!(lr(&test, &[]), 1.0e-3);
+    let test = test.env("XFERLAB_TRAIN__LR", "0.5");
+    assert_eq!(lr(&test, &[]), 0.5);
+    assert_eq!(lr(&test, &["--set", "train.lr=0.25"]), 0.25);
+}
+
+#[test]
+fn sweep_axes_can_be_set_from_the_command_line() {
+    let test = Test::new().file("spec.yaml", SMALL_SWEEP);
+    let ran = test.run(&["plan", "spec.yaml", "--set", "sweep.seed=[0,1,2]", "--set", "sweep.train.lr=[0.01,0.001]"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stdout.starts_with("small: 48 trials"), "{}", ran.stdout);
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let test = Test::new().file("spec.yaml", SMALL_SWEEP).env("XFERLAB_TRAIN__BATCH_SIZE", "many");
+    let ran = test.run(&["validate", "spec.yaml"]);
+    assert_eq!(ran.code, 2);
+    insta::assert_snapshot!(ran.stderr);
+}
+
+#[test]
+fn report_of_a_missing_run_is_bad_input() {
+    let ran = Test::new().run(&["report", "runs/nothing"]);
+    assert_eq!(ran.code, 2);
+    assert!(ran.stderr.contains("runs/nothing does not exist"), "{}", ran.stderr);
+}
