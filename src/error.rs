@@ -8,9 +8,9 @@ use crate::spec::location::Position;
 /// Every way xferlab can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input: spec, override, data or checkpoint (exit code 2).
+    /// Bad input: spec, override, data or checkpoint (exit code 2). Boxed: it is large and rare.
     #[error("{0}")]
-    Input(#[from] InputError),
+    Input(Box<InputError>),
     /// Reading or writing a file of the run store or a dataset.
     #[error("{context}: {source}")]
     Io {
@@ -22,6 +22,12 @@ pub enum Error {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<InputError> for Error {
+    fn from(error: InputError) -> Self {
+        Error::Input(Box::new(error))
+    }
 }
 
 impl Error {

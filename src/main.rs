@@ -116,7 +116,17 @@ fn prepare(args: &SpecArgs) -> Result<(LoadedSpec, Catalog, Plan), Error> {
         .filter(|t| t.config.source.is_some())
         .max_by_key(|t| t.config.transfer_depth)
     {
-        xferlab::source::check_checkpoint(&deepest.config, &catalog)?;
+        // A checkpoint that does not fit is an error in the spec line that names it.
+        xferlab::source::check_checkpoint(&deepest.config, &catalog).map_err(|e| match e {
+            Error::Input(e) => loaded
+                .error("source.checkpoint", e.message)
+                .with_help(
+                    e.help
+                        .unwrap_or_else(|| "relative paths start at the spec file's folder".into()),
+                )
+                .into(),
+            e => e,
+        })?;
     }
     Ok((loaded, catalog, plan))
 }

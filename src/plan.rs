@@ -91,7 +91,7 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-fn set<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+fn set<'a>(value: &'a mut serde_yaml::Value, path: &str) -> Option<&'a mut serde_yaml::Value> {
     path.split('.').try_fold(value, |v, key| v.get_mut(key))
 }
 
@@ -112,36 +112,57 @@ fn axis_order(spec: &Spec) -> Vec<String> {
 /// Expands, checks and deduplicates the sweep of a loaded spec.
 pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> {
     let spec = &loaded.spec;
-    let base = serde_json::to_value(spec).expect("specs serialise");
+    // A YAML tree, not JSON: JSON would turn a NaN or infinite value into null.
+    let base = serde_yaml::to_value(spec).expect("specs serialise");
     let order = axis_order(spec);
+    let mut values: BTreeMap<&String, Vec<serde_yaml::Value>> = BTreeMap::new();
     for axis in &order {
-        let values = &spec.sweep[axis];
         let at = format!("sweep.{axis}");
-        if values.is_empty() {
+        if spec.sweep[axis].is_empty() {
             return Err(loaded.error(&at, format!("sweep axis `{axis}` has no values")));
         }
         if axis == "sweep" || axis.starts_with("sweep.") || axis == "name" {
             return Err(loaded.error(&at, format!("`{axis}` cannot be swept")));
         }
         if set(&mut base.clone(), axis).is_none() {
-            let valid = key_paths(&base);
+            let error = InputError::new(format!("sweep axis `{axis}` is not a key of the spec"))
+                .with_origin(loaded.origin(&at, true));
+            let valid = key_paths(&serde_json::to_value(spec).expect("specs serialise"));
             let names: Vec<&str> = valid.iter().map(String::as_str).collect();
-            return Err(
-                InputError::new(format!("sweep axis `{axis}` is not a key of the spec"))
-                    .with_origin(loaded.origin(&at, true))
-                    .with_help(suggest::help(axis, &names, "sweepable keys")),
-            );
+            return Err(match suggest::nearest(axis, &names) {
+                Some(name) => error.with_help(format!("did you mean `{name}`?")),
+                None => error.with_help("any key path of the spec can be swept, e.g. seed, freeze_depth, train.lr, train.steps, target.train.per_class"),
+            });
         }
+        // Each value must fit its key on its own: the error can then point at that value.
+        let mut typed = Vec::new();
+        for (i, value) in spec.sweep[axis].iter().enumerate() {
+            let value = serde_yaml::to_value(value).expect("JSON values are YAML values");
+            let mut point = base.clone();
+            *set(&mut point, axis).expect("axes were checked") = value.clone();
+            if let Err(e) = serde_yaml::from_value::<Spec>(point) {
+                return Err(loaded.error(
+                    &format!("{at}.{i}"),
+                    format!(
+                        "sweep value {} does not fit `{axis}`: {}",
+                        spec.sweep[axis][i],
+                        crate::spec::load::plain(&e.to_string())
+                    ),
+                ));
+            }
+            typed.push(value);
+        }
+        values.insert(axis, typed);
     }
 
-    let mut combinations: Vec<Vec<(&String, &Value)>> = vec![Vec::new()];
+    let mut combinations: Vec<Vec<(&String, usize)>> = vec![Vec::new()];
     for axis in &order {
         combinations = combinations
             .into_iter()
             .flat_map(|combo| {
-                spec.sweep[axis].iter().map(move |v| {
+                (0..values[axis].len()).map(move |i| {
                     let mut next = combo.clone();
-                    next.push((axis, v));
+                    next.push((axis, i));
                     next
                 })
             })
@@ -154,40 +175,37 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
     let mut blocks = 0;
     for combo in &combinations {
         let mut point = base.clone();
-        for (axis, value) in combo {
-            *set(&mut point, axis).expect("axes were checked") = (*value).clone();
+        for &(axis, i) in combo {
+            *set(&mut point, axis).expect("axes were checked") = values[axis][i].clone();
         }
-        let axis_of = |path: &str| {
-            combo
-                .iter()
-                .map(|(a, _)| a.as_str())
-                .find(|a| path == *a || path.starts_with(&format!("{a}.")))
-        };
+        // An error about a swept key points at the sweep value that set it.
         let at = |path: &str, message: String| -> InputError {
-            match axis_of(path) {
-                Some(axis) => {
-                    let value = combo
-                        .iter()
-                        .find(|(a, _)| a == &axis)
-                        .map(|(_, v)| v.to_string())
-                        .unwrap_or_default();
-                    InputError::new(format!("{message} (sweep value {axis} = {value})"))
-                        .with_origin(loaded.origin(&format!("sweep.{axis}"), true))
-                }
+            let swept = combo
+                .iter()
+                .find(|(a, _)| path == a.as_str() || path.starts_with(&format!("{a}.")));
+            match swept {
+                Some((axis, i)) => loaded.error(
+                    &format!("sweep.{axis}.{i}"),
+                    format!(
+                        "{message} (at sweep value {axis} = {})",
+                        spec.sweep[*axis][*i]
+                    ),
+                ),
                 None => loaded.error(path, message),
             }
         };
-        let point: Spec = serde_json::from_value(point).map_err(|e| {
-            let axes: Vec<String> = combo.iter().map(|(a, v)| format!("{a} = {v}")).collect();
-            let first = combo
-                .first()
-                .map(|(a, _)| format!("sweep.{a}"))
-                .unwrap_or_else(|| "sweep".into());
-            InputError::new(format!(
-                "a sweep value does not fit its key ({}): {e}",
-                axes.join(", ")
-            ))
-            .with_origin(loaded.origin(&first, true))
+        let point: Spec = serde_yaml::from_value(point).map_err(|e| {
+            let axes: Vec<String> = combo
+                .iter()
+                .map(|(a, i)| format!("{a} = {}", spec.sweep[*a][*i]))
+                .collect();
+            loaded.error(
+                "sweep",
+                format!(
+                    "sweep values do not fit together ({}): {e}",
+                    axes.join(", ")
+                ),
+            )
         })?;
         validate::check(&point, catalog, &at)?;
         let l = block_count(&point.model);

@@ -13,7 +13,7 @@ use crate::data::Catalog;
 use crate::error::{Error, InputError, Result};
 use crate::model::Network;
 use crate::plan::{Plan, Trial};
-use crate::source::{Sources, check_checkpoint};
+use crate::source::Sources;
 use crate::spec::LoadedSpec;
 use crate::store::{RunStore, Status, Timings, TrialRecord};
 use crate::train::{self, Fit};
@@ -63,10 +63,10 @@ pub fn select<'a>(plan: &'a Plan, trial: Option<&str>) -> Result<Vec<&'a Trial>,
     let Some(wanted) = trial else {
         return Ok(plan.trials.iter().collect());
     };
-    if let Ok(index) = wanted.parse::<usize>() {
-        if let Some(trial) = plan.trials.get(index) {
-            return Ok(vec![trial]);
-        }
+    if let Ok(index) = wanted.parse::<usize>()
+        && let Some(trial) = plan.trials.get(index)
+    {
+        return Ok(vec![trial]);
     }
     let matches: Vec<&Trial> = plan
         .trials
@@ -86,7 +86,8 @@ pub fn select<'a>(plan: &'a Plan, trial: Option<&str>) -> Result<Vec<&'a Trial>,
     }
 }
 
-/// Runs the plan's selected trials that have no finished record yet.
+/// Runs the plan's selected trials that have no finished record yet (the spec and any
+/// checkpoint source are checked before: see `xferlab validate`).
 pub fn run(
     loaded: &LoadedSpec,
     plan: &Plan,
@@ -94,13 +95,6 @@ pub fn run(
     options: &RunOptions,
 ) -> Result<Summary> {
     let selected = select(plan, options.trial.as_deref())?;
-    if let Some(deepest) = selected
-        .iter()
-        .filter(|t| t.config.source.is_some())
-        .max_by_key(|t| t.config.transfer_depth)
-    {
-        check_checkpoint(&deepest.config, catalog)?;
-    }
     let store = RunStore::new(&options.store, &plan.name);
     let spec_yaml = serde_yaml::to_string(&loaded.spec).expect("specs serialise");
     store.write_plan(&spec_yaml, plan)?;

@@ -167,9 +167,12 @@ pub fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
         );
     }
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        InputError::new(format!("cannot read the checkpoint as safetensors: {e}"))
-            .with_origin(origin)
-            .into()
+        InputError::new(format!(
+            "{} is not a safetensors file ({e})",
+            path.display()
+        ))
+        .with_origin(origin)
+        .into()
     })
 }
 

@@ -140,7 +140,7 @@ impl RunStore {
     /// An existing sweep folder.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.join("plan.json").is_file() {
-            return Err(Error::Input(crate::error::InputError::new(format!(
+            return Err(Error::from(crate::error::InputError::new(format!(
                 "{} is not a sweep folder of the run store (it has no plan.json)",
                 root.display()
             )).with_help("give a folder like runs/<name>, or the spec file; `xferlab run SPEC` creates it")));

@@ -13,7 +13,10 @@ fn committed_schema_matches_the_spec_types() {
     let committed = std::fs::read_to_string(repo("schemas/experiment.schema.json")).unwrap();
     let ran = Test::new().run(&["schema"]);
     assert_eq!(ran.code, 0);
-    assert!(committed == ran.stdout, "schemas/experiment.schema.json is stale: run `just schema` and commit it");
+    assert!(
+        committed == ran.stdout,
+        "schemas/experiment.schema.json is stale: run `just schema` and commit it"
+    );
 }
 
 #[test]
@@ -27,9 +30,16 @@ fn help_teaches_the_commands() {
 
 #[test]
 fn shipped_experiments_validate() {
-    for spec in ["experiments/quickstart.yaml", "experiments/fmnist-a-to-b.yaml"] {
+    for spec in [
+        "experiments/quickstart.yaml",
+        "experiments/fmnist-a-to-b.yaml",
+    ] {
         let ran = Test::new().run(&["validate", &repo(spec)]);
-        assert_eq!((ran.code, ran.stdout.as_str(), ran.stderr.as_str()), (0, "", ""), "{spec}");
+        assert_eq!(
+            (ran.code, ran.stdout.as_str(), ran.stderr.as_str()),
+            (0, "", ""),
+            "{spec}"
+        );
     }
 }
 
@@ -46,10 +56,15 @@ fn fmnist_plan_has_135_distinct_trials() {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert!(ran.stdout.starts_with("fmnist-a-to-b: 135 trials (270 strategy x sweep points, 135 merged as equal), model with 5 blocks\n"), "{}", ran.stdout.lines().next().unwrap_or(""));
     // Every (t, f) the design names, once per (per_class, seed): 15 pairs x 9.
-    let pairs: std::collections::BTreeSet<(String, String)> = ran.stdout.lines().skip(2).map(|l| {
-        let cells: Vec<&str> = l.split_whitespace().collect();
-        (cells[3].to_string(), cells[4].to_string())
-    }).collect();
+    let pairs: std::collections::BTreeSet<(String, String)> = ran
+        .stdout
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[3].to_string(), cells[4].to_string())
+        })
+        .collect();
     assert_eq!(pairs.len(), 15);
 }
 
@@ -84,14 +99,23 @@ fn layers_stack_file_then_environment_then_set() {
 #[test]
 fn sweep_axes_can_be_set_from_the_command_line() {
     let test = Test::new().file("spec.yaml", SMALL_SWEEP);
-    let ran = test.run(&["plan", "spec.yaml", "--set", "sweep.seed=[0,1,2]", "--set", "sweep.train.lr=[0.01,0.001]"]);
+    let ran = test.run(&[
+        "plan",
+        "spec.yaml",
+        "--set",
+        "sweep.seed=[0,1,2]",
+        "--set",
+        "sweep.train.lr=[0.01,0.001]",
+    ]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert!(ran.stdout.starts_with("small: 48 trials"), "{}", ran.stdout);
 }
 
 #[test]
 fn a_bad_environment_value_names_the_variable() {
-    let test = Test::new().file("spec.yaml", SMALL_SWEEP).env("XFERLAB_TRAIN__BATCH_SIZE", "many");
+    let test = Test::new()
+        .file("spec.yaml", SMALL_SWEEP)
+        .env("XFERLAB_TRAIN__BATCH_SIZE", "many");
     let ran = test.run(&["validate", "spec.yaml"]);
     assert_eq!(ran.code, 2);
     insta::assert_snapshot!(ran.stderr);
@@ -101,5 +125,9 @@ fn a_bad_environment_value_names_the_variable() {
 fn report_of_a_missing_run_is_bad_input() {
     let ran = Test::new().run(&["report", "runs/nothing"]);
     assert_eq!(ran.code, 2);
-    assert!(ran.stderr.contains("runs/nothing does not exist"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("runs/nothing does not exist"),
+        "{}",
+        ran.stderr
+    );
 }

@@ -33,29 +33,53 @@ fn record(test: &Test, strategy: &str) -> serde_json::Value {
     let dir = test.join("runs/fm/trials");
     std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.unwrap().path()).unwrap())
+                .unwrap()
+        })
         .find(|r| r["strategies"][0] == strategy)
         .unwrap()
 }
 
 #[test]
 fn fashion_mnist_trains_and_its_source_model_is_a_reusable_checkpoint() {
-    assert!(std::path::Path::new(FMNIST).is_dir(), "the tests read Fashion-MNIST: run scripts/test, or apt-get install dataset-fashion-mnist");
+    assert!(
+        std::path::Path::new(FMNIST).is_dir(),
+        "the tests read Fashion-MNIST: run scripts/test, or apt-get install dataset-fashion-mnist"
+    );
     let test = Test::new().file("pretrain.yaml", spec(PRETRAIN));
     let ran = test.run(&["run", "pretrain.yaml", "--device", "cpu"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     // Trouser against sneaker from 20 real images each: far above chance.
     let scratch = record(&test, "scratch");
-    assert!(scratch["eval"]["accuracy"].as_f64().unwrap() > 0.9, "{scratch}");
+    assert!(
+        scratch["eval"]["accuracy"].as_f64().unwrap() > 0.9,
+        "{scratch}"
+    );
     let transfer = record(&test, "transfer");
-    let source = transfer["source"].as_str().unwrap().strip_prefix("pretrain:").unwrap().to_string();
+    let source = transfer["source"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("pretrain:")
+        .unwrap()
+        .to_string();
 
     // The pretrained source is a plain safetensors file: use it as a checkpoint source.
     let checkpoint = test.join(&format!("runs/sources/{source}.safetensors"));
-    let names: Vec<String> = candle_core::safetensors::load(&checkpoint, &Device::Cpu).unwrap().into_keys().collect();
-    assert!(names.contains(&"b1.linear.weight".to_string()) && names.contains(&"head.weight".to_string()), "{names:?}");
+    let names: Vec<String> = candle_core::safetensors::load(&checkpoint, &Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert!(
+        names.contains(&"b1.linear.weight".to_string())
+            && names.contains(&"head.weight".to_string()),
+        "{names:?}"
+    );
     std::fs::remove_dir_all(test.join("runs/fm")).unwrap();
-    let test = test.file("checkpoint.yaml", spec(&format!("  checkpoint: {}", checkpoint.display())));
+    let test = test.file(
+        "checkpoint.yaml",
+        spec(&format!("  checkpoint: {}", checkpoint.display())),
+    );
     let ran = test.run(&["run", "checkpoint.yaml", "--device", "cpu"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let from_checkpoint = record(&test, "transfer");
@@ -65,23 +89,49 @@ fn fashion_mnist_trains_and_its_source_model_is_a_reusable_checkpoint() {
     assert_ne!(from_checkpoint["id"], transfer["id"]);
 }
 
-fn write_checkpoint(test: &Test, name: &str, tensors: &[(&str, &[usize], DType)]) {
-    let map: HashMap<String, Tensor> =
-        tensors.iter().map(|(n, shape, dtype)| (n.to_string(), Tensor::zeros(*shape, *dtype, &Device::Cpu).unwrap())).collect();
+/// Tensors of a checkpoint file: name, shape, dtype.
+type Tensors<'a> = &'a [(&'a str, &'a [usize], DType)];
+
+fn write_checkpoint(test: &Test, name: &str, tensors: Tensors) {
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(n, shape, dtype)| {
+            (
+                n.to_string(),
+                Tensor::zeros(*shape, *dtype, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
     candle_core::safetensors::save(&map, test.join(name)).unwrap();
 }
 
 #[test]
 fn checkpoints_that_do_not_fit_are_refused_by_name() {
     let test = Test::new().file("spec.yaml", spec("  checkpoint: ckpt.safetensors"));
-    let cases: [(&[(&str, &[usize], DType)], &str); 3] = [
-        (&[("b1.linear.weight", &[32, 784], DType::F32), ("b1.linear.bias", &[32], DType::F32)], "has no tensor `b2.linear.bias` (needed for block 2)"),
+    let cases: [(Tensors, &str); 3] = [
         (
-            &[("b1.linear.weight", &[32, 100], DType::F32), ("b1.linear.bias", &[32], DType::F32), ("b2.linear.weight", &[16, 32], DType::F32), ("b2.linear.bias", &[16], DType::F32)],
+            &[
+                ("b1.linear.weight", &[32, 784], DType::F32),
+                ("b1.linear.bias", &[32], DType::F32),
+            ],
+            "has no tensor `b2.linear.bias` (needed for block 2)",
+        ),
+        (
+            &[
+                ("b1.linear.weight", &[32, 100], DType::F32),
+                ("b1.linear.bias", &[32], DType::F32),
+                ("b2.linear.weight", &[16, 32], DType::F32),
+                ("b2.linear.bias", &[16], DType::F32),
+            ],
             "tensor `b1.linear.weight` has shape [32, 100], the model needs [32, 784]",
         ),
         (
-            &[("b1.linear.weight", &[32, 784], DType::U8), ("b1.linear.bias", &[32], DType::F32), ("b2.linear.weight", &[16, 32], DType::F32), ("b2.linear.bias", &[16], DType::F32)],
+            &[
+                ("b1.linear.weight", &[32, 784], DType::U8),
+                ("b1.linear.bias", &[32], DType::F32),
+                ("b2.linear.weight", &[16, 32], DType::F32),
+                ("b2.linear.bias", &[16], DType::F32),
+            ],
             "tensor `b1.linear.weight` holds U8, not floating-point weights",
         ),
     ];
@@ -89,7 +139,11 @@ fn checkpoints_that_do_not_fit_are_refused_by_name() {
         write_checkpoint(&test, "ckpt.safetensors", tensors);
         let ran = test.run(&["validate", "spec.yaml"]);
         assert_eq!(ran.code, 2, "{}", ran.stderr);
-        assert!(ran.stderr.contains(expected), "expected `{expected}` in:\n{}", ran.stderr);
+        assert!(
+            ran.stderr.contains(expected),
+            "expected `{expected}` in:\n{}",
+            ran.stderr
+        );
         assert!(ran.stderr.contains("ckpt.safetensors"), "{}", ran.stderr);
     }
 }

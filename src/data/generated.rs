@@ -59,11 +59,11 @@ fn glyphs(spec: &GeneratedSpec) -> Vec<[usize; 4]> {
 fn covers(stroke: usize, u: f32, v: f32) -> bool {
     let near = |a: f32, b: f32| (a - b).abs() < 0.2;
     match stroke {
-        0 => near(v, 0.5),                             // horizontal bar
-        1 => near(u, 0.5),                             // vertical bar
-        2 => near(u, v),                               // diagonal
-        3 => near(u, 1.0 - v),                         // anti-diagonal
-        4 => u < 0.2 || u > 0.8 || v < 0.2 || v > 0.8, // square ring
+        0 => near(v, 0.5),                                           // horizontal bar
+        1 => near(u, 0.5),                                           // vertical bar
+        2 => near(u, v),                                             // diagonal
+        3 => near(u, 1.0 - v),                                       // anti-diagonal
+        4 => !(0.2..=0.8).contains(&u) || !(0.2..=0.8).contains(&v), // square ring
         _ => (near(u, 0.5) && near(v, 0.5)) || near(u, 0.1) && near(v, 0.9), // dot pair
     }
 }
@@ -80,7 +80,7 @@ pub(super) fn images(spec: &GeneratedSpec, split: Split) -> Images {
         Split::Train => 0x7472_6169_6e00_0000,
         Split::Test => 0x7465_7374_0000_0000,
     };
-    let mut pixels = Vec::with_capacity(glyphs.len() * count * shape.len());
+    let mut pixels = Vec::with_capacity(glyphs.len() * count * shape.values());
     let mut labels = Vec::with_capacity(glyphs.len() * count);
     for (class, glyph) in glyphs.iter().enumerate() {
         for i in 0..count {

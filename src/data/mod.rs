@@ -27,7 +27,7 @@ pub struct ImageShape {
 
 impl ImageShape {
     /// Values per image.
-    pub fn len(&self) -> usize {
+    pub fn values(&self) -> usize {
         self.channels * self.height * self.width
     }
 }
@@ -37,7 +37,7 @@ impl ImageShape {
 pub struct Images {
     /// Image shape.
     pub shape: ImageShape,
-    /// `labels.len() * shape.len()` values in [0, 1].
+    /// `labels.len() * shape.values()` values in [0, 1].
     pub pixels: Vec<f32>,
     /// Original class labels.
     pub labels: Vec<u32>,
@@ -179,7 +179,7 @@ impl Catalog {
             }
             chosen.extend(indices.iter().map(|&i| (i, new_label as u32)));
         }
-        let len = images.shape.len();
+        let len = images.shape.values();
         let (mean, std) = (spec.mean as f32, spec.std as f32);
         let mut pixels = Vec::with_capacity(chosen.len() * len);
         for &(index, _) in &chosen {

@@ -116,7 +116,7 @@ impl Network {
         let mut blocks = Vec::new();
         let features = match model.arch {
             Arch::Mlp => {
-                let mut width = input.len();
+                let mut width = input.values();
                 for (i, &hidden) in model.hidden.iter().flatten().enumerate() {
                     let name = block_name(i + 1);
                     let linear = p.linear(&format!("{name}.linear"), width, hidden)?;

@@ -256,10 +256,38 @@ fn map_figment_error(error: figment::Error, file: &SpecFile) -> InputError {
                 .with_origin(origin(&parent, false))
                 .with_help(super::suggest::help(value, expected, "valid values"))
         }
+        Kind::MissingField(field) if parent.is_empty() => {
+            InputError::new(format!("missing key `{field}` in the spec"))
+                .with_origin(Origin::File {
+                    path: file.path.clone(),
+                    position: None,
+                    line_text: None,
+                })
+                .with_help(format!("add `{field}:` at the top level"))
+        }
         Kind::MissingField(field) => InputError::new(format!("missing key `{field}` in {within}"))
             .with_origin(origin(&parent, true)),
-        kind => InputError::new(format!("{within}: {kind}")).with_origin(origin(&parent, false)),
+        kind => InputError::new(format!("{within}: {}", plain(&kind.to_string())))
+            .with_origin(origin(&parent, false)),
     }
+}
+
+/// Serde's type names in words a spec author uses.
+pub fn plain(message: &str) -> String {
+    [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected f64", "expected a number"),
+        ("expected a floating point number", "expected a number"),
+        ("signed int ", ""),
+        ("unsigned int ", ""),
+        ("found string", "found text"),
+        ("found sequence", "found a list"),
+        ("found map", "found a mapping"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (from, to)| m.replace(from, to))
 }
 
 /// Where a value came from, given the metadata of the provider that set it.

@@ -4,7 +4,7 @@
 //! file's YAML events once (aliases are not expanded, so it stays cheap on alias bombs)
 //! and remembers the position of every key and every value by its dotted path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
@@ -33,6 +33,8 @@ impl From<Marker> for Position {
 pub struct PositionMap {
     keys: HashMap<String, Position>,
     values: HashMap<String, Position>,
+    /// Paths whose value is a mapping or a sequence.
+    collections: HashSet<String>,
 }
 
 /// A YAML syntax error with its position.
@@ -50,9 +52,15 @@ impl PositionMap {
         let mut builder = Builder::default();
         Parser::new_from_str(text)
             .load(&mut builder, false)
-            .map_err(|e| SyntaxError {
-                message: e.info().to_string(),
-                position: (*e.marker()).into(),
+            .map_err(|e| match unclosed_bracket(text) {
+                Some((bracket, position)) => SyntaxError {
+                    message: format!("this `{bracket}` is never closed"),
+                    position,
+                },
+                _ => SyntaxError {
+                    message: e.info().to_string(),
+                    position: (*e.marker()).into(),
+                },
             })?;
         Ok(builder.map)
     }
@@ -63,15 +71,50 @@ impl PositionMap {
     }
 
     /// Position of the value at `path`, or of the nearest enclosing value that is in the file.
+    /// A mapping or list is shown by its key: a block mapping's own mark is its first child's.
     pub fn value(&self, path: &str) -> Option<Position> {
         let mut path = path;
         loop {
+            if self.collections.contains(path)
+                && let Some(position) = self.keys.get(path)
+            {
+                return Some(*position);
+            }
             if let Some(position) = self.values.get(path) {
                 return Some(*position);
             }
             path = &path[..path.rfind('.')?];
         }
     }
+}
+
+/// The innermost `[` or `{` left open at the end of the text (quotes and comments skipped):
+/// the parser reports an unclosed flow collection where the file ends, not where it opened.
+fn unclosed_bracket(text: &str) -> Option<(char, Position)> {
+    let mut open: Vec<(char, Position)> = Vec::new();
+    for (line_index, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        for (column, c) in line.chars().enumerate() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => open.push((
+                    c,
+                    Position {
+                        line: line_index + 1,
+                        column: column + 1,
+                    },
+                )),
+                (None, ']' | '}') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    open.pop()
 }
 
 enum Frame {
@@ -142,11 +185,17 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.map.values.entry(path.clone()).or_insert(position);
                 match event {
-                    Event::MappingStart(..) => self.stack.push(Frame::Map {
-                        path,
-                        pending_key: None,
-                    }),
-                    Event::SequenceStart(..) => self.stack.push(Frame::Seq { path, next: 0 }),
+                    Event::MappingStart(..) => {
+                        self.map.collections.insert(path.clone());
+                        self.stack.push(Frame::Map {
+                            path,
+                            pending_key: None,
+                        });
+                    }
+                    Event::SequenceStart(..) => {
+                        self.map.collections.insert(path.clone());
+                        self.stack.push(Frame::Seq { path, next: 0 });
+                    }
                     _ => {}
                 }
             }
@@ -192,8 +241,9 @@ mod tests {
     }
 
     #[test]
-    fn reports_syntax_errors_with_position() {
-        let error = PositionMap::parse("train:\n  lr: [1, 2\n").unwrap_err();
-        assert_eq!(error.position.line, 3);
+    fn points_at_the_bracket_that_is_never_closed() {
+        let error = PositionMap::parse("train:\n  lr: [1, 2\nname: x\n").unwrap_err();
+        assert_eq!(error.position, Position { line: 2, column: 7 });
+        assert_eq!(error.message, "this `[` is never closed");
     }
 }

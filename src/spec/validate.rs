@@ -77,7 +77,8 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
             format!(
                 "the target is trained on {train_classes} classes but evaluated on {eval_classes}"
             ),
-        ));
+        )
+        .with_help("give target.eval the same classes as target.train, in the same order"));
     }
 
     let mut shapes: Vec<(&str, ImageShape)> = Vec::new();
@@ -100,7 +101,9 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         ));
     }
     let shape = shapes[0].1;
-    if spec.model.arch == Arch::Cnn6 && (shape.height % 4 != 0 || shape.width % 4 != 0) {
+    if spec.model.arch == Arch::Cnn6
+        && (!shape.height.is_multiple_of(4) || !shape.width.is_multiple_of(4))
+    {
         return Err(at(
             "model.arch",
             format!(
@@ -124,7 +127,11 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
                 match spec.freeze_depth {
                     None => {
                         return Err(at(&format!("strategies.{i}"), format!("`{strategy}` needs a `freeze_depth`"))
-                        .with_help(format!("set `freeze_depth`, or sweep it: sweep: {{freeze_depth: [1, 2]}} (the model has {blocks} blocks)")));
+                        .with_help(format!(
+                            "set `freeze_depth: 1`, or sweep it: `sweep: {{freeze_depth: [{}]}}` (the model has {blocks} block{})",
+                            (1..=blocks).map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+                            if blocks == 1 { "" } else { "s" }
+                        )));
                     }
                     Some(f) if f > blocks => {
                         return Err(at(
@@ -416,7 +423,8 @@ fn check_selection(
                     split_name(selection.split),
                     selection.dataset
                 ),
-            ));
+            )
+            .with_help(format!("use at most {have}, or leave per_class out to take every image")));
         }
     }
     Ok(())
