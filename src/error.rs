@@ -1,7 +1,7 @@
 //! Errors, and the one place they are rendered for people.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::spec::location::Position;
 
@@ -105,7 +105,7 @@ impl fmt::Display for InputError {
             }) => {
                 let number = p.line.to_string();
                 pad = " ".repeat(number.len());
-                writeln!(f, "{pad}--> {}:{}:{}", path.display(), p.line, p.column)?;
+                writeln!(f, "{pad}--> {}:{}:{}", shown(path), p.line, p.column)?;
                 if let Some(text) = line_text {
                     let before: String = text
                         .chars()
@@ -127,7 +127,7 @@ impl fmt::Display for InputError {
                 path,
                 position: None,
                 ..
-            }) => writeln!(f, "{pad}--> {}", path.display())?,
+            }) => writeln!(f, "{pad}--> {}", shown(path))?,
             Some(Origin::Env(name)) => writeln!(f, "{pad}--> environment variable {name}")?,
             Some(Origin::Override(text)) => writeln!(f, "{pad}--> --set {text}")?,
             None => {}
@@ -137,6 +137,14 @@ impl fmt::Display for InputError {
         }
         Ok(())
     }
+}
+
+/// A path as people want to read it: relative to the working folder when it is inside it.
+pub fn shown(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// Result with xferlab's error.

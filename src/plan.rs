@@ -256,6 +256,12 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
             strategies.push(label);
         }
     }
+    // A merged trial lists its names in the order the spec gives them.
+    for trial in &mut trials {
+        trial
+            .strategies
+            .sort_by_key(|s| strategies.iter().position(|x| x == s));
+    }
     Ok(Plan {
         name: spec.name.clone(),
         blocks,
@@ -369,4 +375,94 @@ pub fn render(plan: &Plan) -> String {
         out += &line(row);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Strategy;
+
+    fn plan_of(yaml: &str, overrides: &[&str]) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let loaded = crate::spec::load(&path, &overrides).unwrap();
+        plan(&loaded, &Catalog::new(&loaded.spec.datasets)).unwrap()
+    }
+
+    const SPEC: &str = "name: t
+model: {arch: mlp, hidden: [8, 8, 8]}
+source: {pretrain: {data: {dataset: glyphs, classes: [0, 1]}, train: {steps: 1, batch_size: 2, lr: 0.1}}}
+target:
+  train: {dataset: glyphs, classes: [2, 3], per_class: 2}
+  eval: {dataset: glyphs, classes: [2, 3], split: test}
+train: {steps: 1, batch_size: 2, lr: 0.1}
+strategies: [scratch, transfer, partial_freeze, finetune, prefix_frozen, prefix_finetune, {transfer_depth: 2, freeze_depth: 1}]
+sweep: {freeze_depth: [0, 1, 2, 3]}
+";
+
+    #[test]
+    fn presets_resolve_to_depths() {
+        assert_eq!(Strategy::Scratch.depths(5, 2), (0, 0));
+        assert_eq!(Strategy::Transfer.depths(5, 2), (5, 5));
+        assert_eq!(Strategy::PartialFreeze.depths(5, 2), (5, 2));
+        assert_eq!(Strategy::Finetune.depths(5, 2), (5, 0));
+        assert_eq!(Strategy::PrefixFrozen.depths(5, 2), (2, 2));
+        assert_eq!(Strategy::PrefixFinetune.depths(5, 2), (2, 0));
+    }
+
+    #[test]
+    fn equal_trials_run_once_under_every_name() {
+        let plan = plan_of(SPEC, &[]);
+        assert_eq!(plan.expanded, 28);
+        let pairs: Vec<(usize, usize)> = plan
+            .trials
+            .iter()
+            .map(|t| (t.config.transfer_depth, t.config.freeze_depth))
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = pairs.iter().collect();
+        assert_eq!(pairs.len(), distinct.len(), "no (t, f) twice: {pairs:?}");
+        // (0,0) (3,3) (3,0) (3,1) (3,2) (1,1) (2,2) (1,0) (2,0) (2,1)
+        assert_eq!(plan.trials.len(), 10);
+        let labels = |t: usize, f: usize| {
+            plan.trials
+                .iter()
+                .find(|x| (x.config.transfer_depth, x.config.freeze_depth) == (t, f))
+                .unwrap()
+                .strategies
+                .clone()
+        };
+        assert_eq!(
+            labels(0, 0),
+            ["scratch", "prefix_frozen", "prefix_finetune"]
+        );
+        assert_eq!(
+            labels(3, 3),
+            ["transfer", "partial_freeze", "prefix_frozen"]
+        );
+        assert_eq!(
+            labels(3, 0),
+            ["partial_freeze", "finetune", "prefix_finetune"]
+        );
+        assert_eq!(labels(2, 1), ["raw"]);
+        // Scratch transfers nothing, so it does not depend on the source.
+        assert!(plan.trials[0].config.source.is_none());
+    }
+
+    #[test]
+    fn ids_are_stable_and_follow_the_config() {
+        let a = plan_of(SPEC, &[]);
+        let b = plan_of(SPEC, &[]);
+        assert_eq!(
+            a.trials.iter().map(|t| &t.id).collect::<Vec<_>>(),
+            b.trials.iter().map(|t| &t.id).collect::<Vec<_>>()
+        );
+        let c = plan_of(SPEC, &["train.lr=0.2"]);
+        assert!(a.trials.iter().zip(&c.trials).all(|(x, y)| x.id != y.id));
+        // Scratch does not depend on the source, so changing the source keeps its id.
+        let d = plan_of(SPEC, &["source.pretrain.seed=4"]);
+        assert_eq!(a.trials[0].id, d.trials[0].id);
+        assert_ne!(a.trials[1].id, d.trials[1].id);
+    }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::data::Catalog;
-use crate::error::{Error, InputError, Origin, Result};
+use crate::error::{Error, InputError, Origin, Result, shown};
 use crate::model::Network;
 use crate::plan::{TrialConfig, hex};
 use crate::spec::{DatasetSpec, ModelSpec, PretrainSpec};
@@ -136,7 +136,7 @@ impl Sources {
                 .join(format!(".tmp-{hash}-{}.safetensors", std::process::id()));
             net.save(&tmp)?;
             std::fs::rename(&tmp, &path)
-                .map_err(Error::io(format!("cannot write {}", path.display())))?;
+                .map_err(Error::io(format!("cannot write {}", shown(&path))))?;
             let meta = serde_json::json!({
                 "model": config.model, "pretrain": pretrain,
                 "seconds": started.elapsed().as_secs_f64(), "curve": curve,
@@ -162,17 +162,12 @@ pub fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
         line_text: None,
     };
     if !path.is_file() {
-        return Err(
-            InputError::new(format!("checkpoint {} does not exist", path.display())).into(),
-        );
+        return Err(InputError::new(format!("checkpoint {} does not exist", shown(path))).into());
     }
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        InputError::new(format!(
-            "{} is not a safetensors file ({e})",
-            path.display()
-        ))
-        .with_origin(origin)
-        .into()
+        InputError::new(format!("{} is not a safetensors file ({e})", shown(path)))
+            .with_origin(origin)
+            .into()
     })
 }
 
@@ -187,7 +182,7 @@ pub fn check_checkpoint(config: &TrialConfig, catalog: &Catalog) -> Result<()> {
     let net = Network::new(&config.model, shape, 1, 0, &Device::Cpu)?;
     net.transfer_from(&tensors, config.transfer_depth)
         .map_err(|message| {
-            InputError::new(format!("checkpoint {} {message}", path.display()))
+            InputError::new(format!("checkpoint {} {message}", shown(path)))
                 .with_origin(Origin::File {
                     path: path.clone(),
                     position: None,

@@ -201,3 +201,109 @@ mod tests {
         assert_eq!(order.take(25).len(), 25);
     }
 }
+
+#[cfg(test)]
+mod freezing_tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::data::ImageShape;
+    use crate::spec::{Arch, ModelSpec, OptimizerKind};
+
+    fn setup(examples: usize) -> (Network, Batchable, TrainSpec) {
+        let model = ModelSpec {
+            arch: Arch::Mlp,
+            hidden: Some(vec![16, 8]),
+        };
+        let shape = ImageShape {
+            channels: 1,
+            height: 4,
+            width: 4,
+        };
+        let net = Network::new(&model, shape, 3, 5, &Device::Cpu).unwrap();
+        let inputs = Tensor::randn(0f32, 1.0, (examples, 1, 4, 4), &Device::Cpu).unwrap();
+        let targets = Tensor::new(
+            (0..examples as u32).map(|i| i % 3).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let data = Batchable {
+            inputs,
+            targets,
+            classes: 3,
+        };
+        let train = TrainSpec {
+            steps: Some(20),
+            epochs: None,
+            batch_size: 8,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.01,
+            weight_decay: None,
+            momentum: None,
+            log_every: 5,
+        };
+        (net, data, train)
+    }
+
+    fn flat(net: &Network, name: &str) -> Vec<f32> {
+        net.tensors()[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn frozen_blocks_do_not_change_and_the_rest_trains() {
+        let (net, data, train) = setup(30);
+        let before = (
+            flat(&net, "b1.linear.weight"),
+            flat(&net, "b2.linear.weight"),
+            flat(&net, "head.weight"),
+        );
+        let Fit::Done(curve) = fit(&net, &data, &train, 1, 0).unwrap() else {
+            panic!("diverged")
+        };
+        assert_eq!(
+            curve.iter().map(|p| p.step).collect::<Vec<_>>(),
+            vec![5, 10, 15, 20]
+        );
+        assert_eq!(
+            flat(&net, "b1.linear.weight"),
+            before.0,
+            "block 1 is frozen"
+        );
+        assert_ne!(flat(&net, "b2.linear.weight"), before.1);
+        assert_ne!(flat(&net, "head.weight"), before.2);
+    }
+
+    #[test]
+    fn cached_frozen_features_train_like_a_forward_pass_every_step() {
+        let (cached, data, train) = setup(30);
+        let (per_step, _, _) = setup(30);
+        fit(&cached, &data, &train, 1, 0).unwrap();
+        // The same training with the frozen prefix recomputed each step (no cache).
+        let mut optimizer = Optimizer::new(&train, per_step.trainable_vars(1)).unwrap();
+        let mut order = BatchOrder::new(30, 0);
+        for _ in 0..20 {
+            let indices = Tensor::new(order.take(8), &Device::Cpu).unwrap();
+            let x = per_step
+                .forward_blocks(&data.inputs.index_select(&indices, 0).unwrap(), 0..1)
+                .unwrap()
+                .detach();
+            let logits = per_step
+                .head(&per_step.forward_blocks(&x, 1..2).unwrap())
+                .unwrap();
+            let loss =
+                cross_entropy(&logits, &data.targets.index_select(&indices, 0).unwrap()).unwrap();
+            optimizer.backward_step(&loss).unwrap();
+        }
+        for name in ["b2.linear.weight", "head.weight"] {
+            let (a, b) = (flat(&cached, name), flat(&per_step, name));
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5),
+                "{name} differs"
+            );
+        }
+    }
+}

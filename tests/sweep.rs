@@ -213,8 +213,15 @@ fn a_trial_run_twice_gives_the_same_record() {
     let first = test.run(&["run", "spec.yaml", "--device", "cpu", "--trial", "2"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     let a = records(&test, "small").remove(0);
+    assert!(
+        first.stderr.contains("pretraining source model"),
+        "{}",
+        first.stderr
+    );
+    // The sweep folder goes; the pretrained source model stays in the store and is reused.
     std::fs::remove_dir_all(test.join("runs/small")).unwrap();
-    test.run(&["run", "spec.yaml", "--device", "cpu", "--trial", "2"]);
+    let second = test.run(&["run", "spec.yaml", "--device", "cpu", "--trial", "2"]);
+    assert!(!second.stderr.contains("pretraining"), "{}", second.stderr);
     let b = records(&test, "small").remove(0);
     assert_eq!(a["eval"], b["eval"]);
     assert_eq!(a["curve"], b["curve"]);
@@ -223,4 +230,43 @@ fn a_trial_run_twice_gives_the_same_record() {
         a["strategies"][0] == "partial_freeze" && a["freeze_depth"] == 1,
         "{a}"
     );
+}
+
+#[test]
+fn a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on() {
+    // SGD at an absurd learning rate: the loss overflows to infinity or NaN.
+    let spec = SMALL_SWEEP.replace(
+        "train: {steps: 60, batch_size: 16, lr: 1.0e-3, log_every: 20}",
+        "train: {steps: 60, batch_size: 16, optimizer: sgd, lr: 1.0e+38, log_every: 20}",
+    );
+    let test = Test::new().file("spec.yaml", spec);
+    let ran = test.run(&[
+        "run",
+        "spec.yaml",
+        "--device",
+        "cpu",
+        "--set",
+        "sweep.target.train.per_class=[5]",
+        "--set",
+        "sweep.seed=[0]",
+    ]);
+    assert_eq!(ran.code, 1, "failed trials exit with 1: {}", ran.stderr);
+    let all = records(&test, "small");
+    assert_eq!(all.len(), 4, "every trial has a record");
+    for record in &all {
+        assert_eq!(record["status"], "failed", "{record}");
+        let error = record["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("training loss became NaN or infinite by step "),
+            "{error}"
+        );
+        assert!(record["eval"].is_null());
+    }
+    let report = test.run(&["report", "runs/small"]);
+    assert!(
+        report.stdout.contains("0 finished, 4 failed"),
+        "{}",
+        report.stdout
+    );
+    assert!(report.stdout.contains("0 (1 failed)"), "{}", report.stdout);
 }

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{ImageShape, Images};
-use crate::error::{InputError, Origin};
+use crate::error::{InputError, Origin, shown};
 use crate::spec::Split;
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -21,7 +21,7 @@ fn prefix(split: Split) -> &'static str {
 fn find(dir: &Path, stem: &str) -> Result<PathBuf, InputError> {
     if !dir.is_dir() {
         return Err(
-            InputError::new(format!("dataset folder {} does not exist", dir.display())).with_help(
+            InputError::new(format!("dataset folder {} does not exist", shown(dir))).with_help(
                 "on Debian, Fashion-MNIST comes with `apt-get install dataset-fashion-mnist`",
             ),
         );
@@ -34,7 +34,7 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf, InputError> {
     }
     Err(InputError::new(format!(
         "{} has no {stem} or {stem}.gz",
-        dir.display()
+        shown(dir)
     )))
 }
 
@@ -143,7 +143,7 @@ pub(super) fn images(dir: &Path, split: Split) -> Result<Images, InputError> {
                 "{} images but {} labels in {}",
                 dims[0],
                 labels.len(),
-                dir.display()
+                shown(dir)
             ),
         ));
     }

@@ -133,11 +133,12 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedSpec, InputError>
     })
 }
 
+/// Makes relative paths start at the spec file's folder, and absolute, so a trial's config
+/// (and so its id) does not depend on the folder `xferlab` runs in.
 fn resolve_paths(spec: &mut Spec, base: &Path) {
     let resolve = |p: &mut PathBuf| {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
+        let joined = base.join(&*p);
+        *p = std::path::absolute(&joined).unwrap_or(joined);
     };
     for dataset in spec.datasets.values_mut() {
         dataset.dir.as_mut().map(resolve);
@@ -299,5 +300,77 @@ fn origin_from(metadata: Option<&Metadata>, key_path: &str, key: bool, file: &Sp
             key_path.to_uppercase().replace('.', "__")
         )),
         _ => file.origin(key_path, key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "name: layers
+model: {arch: mlp, hidden: [8]}
+source: {checkpoint: weights/source.safetensors}
+target:
+  train: {dataset: glyphs, classes: [0, 1]}
+  eval: {dataset: glyphs, classes: [0, 1], split: test}
+train: {steps: 10, batch_size: 4, lr: 0.1}
+strategies: [scratch]
+";
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error
+    fn layers_are_file_then_environment_then_overrides() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("spec.yaml", SPEC)?;
+            let path = jail.directory().join("spec.yaml");
+            let file_only = load(&path, &[]).unwrap().spec;
+            assert_eq!((file_only.train.lr, file_only.train.steps), (0.1, Some(10)));
+
+            jail.set_env("XFERLAB_TRAIN__LR", "0.5");
+            jail.set_env("XFERLAB_TRAIN__STEPS", "20");
+            let env = load(&path, &[]).unwrap().spec;
+            assert_eq!((env.train.lr, env.train.steps), (0.5, Some(20)));
+
+            let set = load(
+                &path,
+                &["train.lr=0.25".into(), "sweep.train.steps=[1, 2]".into()],
+            )
+            .unwrap()
+            .spec;
+            assert_eq!((set.train.lr, set.train.steps), (0.25, Some(20)));
+            assert_eq!(
+                set.sweep["train.steps"],
+                vec![serde_json::json!(1), serde_json::json!(2)]
+            );
+            // Relative paths start at the spec file's folder; the built-in dataset is always there.
+            assert_eq!(
+                set.source.checkpoint.unwrap(),
+                jail.directory().join("weights/source.safetensors")
+            );
+            assert!(set.datasets.contains_key(BUILTIN_DATASET));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn override_syntax_errors_name_the_override() {
+        let error = Overrides::parse(&["train.lr".into()]).err().unwrap();
+        assert_eq!(error.origin, Some(Origin::Override("train.lr".into())));
+        let error = Overrides::parse(&["train..lr=1".into()]).err().unwrap();
+        assert!(
+            error.message.contains("is not a key path"),
+            "{}",
+            error.message
+        );
+        let error = Overrides::parse(&["train=1".into(), "train.lr=2".into()])
+            .err()
+            .unwrap();
+        assert!(
+            error
+                .message
+                .contains("which another override sets to a value"),
+            "{}",
+            error.message
+        );
     }
 }
