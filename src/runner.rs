@@ -132,6 +132,7 @@ pub fn run(
             continue;
         }
         progress.start(trial);
+        tracing::info!(trial = %trial.id, strategies = ?trial.strategies, t = trial.config.transfer_depth, f = trial.config.freeze_depth, "trial started");
         let record = run_trial(
             trial,
             catalog,
@@ -142,6 +143,7 @@ pub fn run(
             &|m| progress.say(m),
         )?;
         store.write_record(&record)?;
+        tracing::info!(trial = %record.id, status = ?record.status, eval = ?record.eval, error = ?record.error, "trial recorded");
         match record.status {
             Status::Finished => summary.finished += 1,
             Status::Failed => summary.failed += 1,

@@ -154,6 +154,7 @@ pub fn fit(
             if !mean.is_finite() {
                 return Ok(Fit::Diverged { step, curve });
             }
+            tracing::debug!(step, loss = mean, "training loss");
             curve.push(CurvePoint { step, loss: mean });
             loss_sum = loss_sum.zeros_like()?;
             since_log = 0;
