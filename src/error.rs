@@ -19,6 +19,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// Ctrl-C stopped the work.
+    #[error("interrupted by Ctrl-C")]
+    Interrupted,
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod error;
+pub mod interrupt;
 pub mod model;
 pub mod optim;
 pub mod plan;
@@ -12,6 +13,7 @@ pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod tracking;
 pub mod train;
 
 pub use error::{Error, InputError, Result};

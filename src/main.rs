@@ -9,8 +9,9 @@ use xferlab::error::{Error, InputError};
 use xferlab::plan::{self, Plan};
 use xferlab::report::{self, Format};
 use xferlab::runner::{self, RunOptions};
-use xferlab::spec::{self, LoadedSpec};
+use xferlab::spec::{self, LoadedSpec, Spec};
 use xferlab::store::RunStore;
+use xferlab::tracking::Target;
 
 /// Exit codes, as documented in the README.
 mod exit {
@@ -20,6 +21,8 @@ mod exit {
     pub const FAILED: u8 = 1;
     /// Bad input: spec, override, data path, checkpoint, arguments.
     pub const BAD_INPUT: u8 = 2;
+    /// Stopped by Ctrl-C (finished trials are kept; `run` again resumes).
+    pub const INTERRUPTED: u8 = xferlab::interrupt::EXIT_CODE;
 }
 
 /// Declarative transfer-learning experiments: how much does transfer help, and how deep to freeze?
@@ -81,6 +84,20 @@ enum Command {
         #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
         store: PathBuf,
     },
+    /// Upload to the tracking server what it has not got yet; safe to repeat.
+    ///
+    /// Each trial is found again by its `xferlab.trial_id` tag, so running sync twice, or
+    /// after a partial upload, leaves every trial on the server exactly once.
+    Sync {
+        /// A sweep folder (runs/NAME) or the spec that made it.
+        run: PathBuf,
+        /// Server address; by default the spec's `tracking.mlflow.uri`, else MLFLOW_TRACKING_URI.
+        #[arg(long, value_name = "URI")]
+        to: Option<String>,
+        /// Root folder of the run store (when RUN is a spec).
+        #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
+        store: PathBuf,
+    },
     /// Print the JSON Schema of experiment specs.
     Schema,
 }
@@ -92,6 +109,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    xferlab::interrupt::install();
     match execute(Cli::parse().command) {
         Ok(code) => ExitCode::from(code),
         Err(Error::Input(error)) => {
@@ -177,7 +195,15 @@ fn execute(command: Command) -> Result<u8, Error> {
                 summary.failed,
                 summary.busy
             );
-            Ok(if summary.failed > 0 {
+            if let Some(tracking) = &summary.tracking {
+                eprint!("{tracking}");
+            }
+            Ok(if summary.interrupted {
+                eprintln!(
+                    "interrupted: finished trials are kept; run the same command again to resume"
+                );
+                exit::INTERRUPTED
+            } else if summary.failed > 0 {
                 exit::FAILED
             } else {
                 exit::SUCCESS
@@ -192,6 +218,45 @@ fn execute(command: Command) -> Result<u8, Error> {
                 report::render(&report::build(&plan, &records), format)
             );
             Ok(exit::SUCCESS)
+        }
+        Command::Sync { run, to, store } => {
+            let run_store = open_run(&run, &store)?;
+            let spec: Spec = serde_yaml::from_str(&run_store.spec_yaml()?).map_err(|e| {
+                InputError::new(format!(
+                    "cannot read the spec saved in {}: {e}",
+                    run_store.root().display()
+                ))
+            })?;
+            let target = match (to, Target::of(&spec)) {
+                (Some(uri), found) => Target {
+                    uri,
+                    experiment: found.map_or(spec.name.clone(), |t| t.experiment),
+                },
+                (None, Some(target)) => target,
+                (None, None) => match std::env::var(spec::MLFLOW_URI_VARIABLE) {
+                    Ok(uri) if !uri.is_empty() => Target {
+                        uri,
+                        experiment: spec.name.clone(),
+                    },
+                    _ => {
+                        return Err(InputError::new(format!(
+                            "the sweep in {} names no tracking server",
+                            run_store.root().display()
+                        ))
+                        .with_help("give one: xferlab sync RUN --to http://127.0.0.1:5000")
+                        .into());
+                    }
+                },
+            };
+            xferlab::tracking::mlflow::Client::new(&target.uri)
+                .map_err(|m| InputError::new(m).with_help("e.g. --to http://127.0.0.1:5000"))?;
+            let outcome = xferlab::tracking::sync(&target, &run_store, &|m| eprintln!("{m}"))?;
+            eprint!("{}", outcome.describe(&target, run_store.root()));
+            Ok(if outcome.missed.is_empty() && outcome.ended {
+                exit::SUCCESS
+            } else {
+                exit::FAILED
+            })
         }
         Command::Schema => {
             print!("{}", spec::json_schema());

@@ -104,7 +104,8 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
         match record.map(|r| r.status) {
             Some(Status::Finished) => finished += 1,
             Some(Status::Failed) => failed += 1,
-            None => {}
+            // An interrupted trial is run again: it counts as not run.
+            Some(Status::Interrupted) | None => {}
         }
         let values: Vec<Value> = axes
             .iter()
@@ -146,8 +147,8 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
                     group.accuracies.push(eval.accuracy);
                     group.losses.push(eval.loss);
                 }
-                Some(_) => group.row.failed += 1,
-                None => group.row.missing += 1,
+                Some(r) if r.status == Status::Failed => group.row.failed += 1,
+                _ => group.row.missing += 1,
             }
         }
     }

@@ -2,7 +2,7 @@
 //! run stopped), shows progress, and writes each record to the run store.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
@@ -15,7 +15,8 @@ use crate::model::Network;
 use crate::plan::{Plan, Trial};
 use crate::source::Sources;
 use crate::spec::LoadedSpec;
-use crate::store::{RunStore, Status, Timings, TrialRecord};
+use crate::store::{RunStore, Status, SweepIdentity, Timings, TrialRecord};
+use crate::tracking::{self, Sink, SweepStatus};
 use crate::train::{self, Fit};
 
 /// How to run a sweep.
@@ -41,6 +42,10 @@ pub struct Summary {
     pub failed: usize,
     /// Skipped because another process was running them.
     pub busy: usize,
+    /// Stopped by Ctrl-C.
+    pub interrupted: bool,
+    /// What the tracking server got, when the spec names one.
+    pub tracking: Option<String>,
 }
 
 /// A seed for one purpose, derived from a trial's seed, so streams do not correlate.
@@ -98,6 +103,15 @@ pub fn run(
     let store = RunStore::new(&options.store, &plan.name);
     let spec_yaml = serde_yaml::to_string(&loaded.spec).expect("specs serialise");
     store.write_plan(&spec_yaml, plan)?;
+    let identity = store.identity(|| {
+        SweepIdentity::new(git_commit(
+            loaded.file.path.parent().unwrap_or(Path::new(".")),
+        ))
+    })?;
+    let target = tracking::Target::of(&loaded.spec);
+    let sink = target
+        .as_ref()
+        .map(|t| Sink::start(t.clone(), store.clone(), identity, plan.clone()));
 
     let mut summary = Summary {
         selected: selected.len(),
@@ -113,6 +127,10 @@ pub fn run(
     let progress = Progress::new(pending.len() as u64, summary.already_done);
     let mut sources = Sources::new(&options.store, &options.device);
     for trial in pending {
+        if crate::interrupt::requested() {
+            summary.interrupted = true;
+            break;
+        }
         let Some(_lock) = store.try_lock_trial(&trial.id)? else {
             summary.busy += 1;
             progress.say(&format!(
@@ -144,14 +162,44 @@ pub fn run(
         )?;
         store.write_record(&record)?;
         tracing::info!(trial = %record.id, status = ?record.status, eval = ?record.eval, error = ?record.error, "trial recorded");
+        if let Some(sink) = &sink {
+            sink.trial(&record);
+        }
+        progress.done(&record);
         match record.status {
             Status::Finished => summary.finished += 1,
             Status::Failed => summary.failed += 1,
+            Status::Interrupted => {
+                summary.interrupted = true;
+                break;
+            }
         }
-        progress.done(&record);
     }
     progress.finish();
+    if let (Some(sink), Some(target)) = (sink, &target) {
+        let records = store.records(plan)?;
+        let status = SweepStatus::of(plan, &records, summary.interrupted);
+        let report = tracking::Report::of(plan, &records);
+        eprintln!(
+            "MLflow: finishing uploads to {}",
+            tracking::mlflow::redact(&target.uri)
+        );
+        let outcome = sink.finish(status, report);
+        summary.tracking = Some(outcome.describe(target, store.root()));
+    }
     Ok(summary)
+}
+
+/// The commit checked out in the git repository holding `dir`, if it is in one.
+fn git_commit(dir: &Path) -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(output.stdout).ok()?.trim().to_string();
+    (output.status.success() && !commit.is_empty()).then_some(commit)
 }
 
 fn run_trial(
@@ -229,6 +277,13 @@ fn run_trial(
         record.steps = train::step_count(&config.train, train_data.targets.dim(0)?);
         match fit {
             Fit::Done(curve) => record.curve = curve,
+            Fit::Interrupted { step, curve } => {
+                record.curve = curve;
+                record.steps = step;
+                record.status = Status::Interrupted;
+                record.error = Some(format!("interrupted by Ctrl-C after step {step}"));
+                return Ok(());
+            }
             Fit::Diverged { step, curve } => {
                 record.curve = curve;
                 record.steps = step;
@@ -257,6 +312,11 @@ fn run_trial(
         Ok(()) => Ok(record),
         // Bad input stops the sweep; anything else fails only this trial.
         Err(Error::Input(e)) => Err(Error::Input(e)),
+        Err(Error::Interrupted) => {
+            record.status = Status::Interrupted;
+            record.error = Some("interrupted by Ctrl-C while preparing the trial".into());
+            Ok(record)
+        }
         Err(e) => {
             record.error = Some(e.to_string());
             Ok(record)
@@ -320,10 +380,11 @@ impl Progress {
 
     fn done(&self, record: &TrialRecord) {
         self.advance();
-        let result = match (&record.eval, &record.error) {
-            (Some(eval), _) => format!("accuracy {:.4}", eval.accuracy),
-            (None, Some(error)) => format!("FAILED: {error}"),
-            (None, None) => "no result".into(),
+        let error = record.error.as_deref().unwrap_or("no reason given");
+        let result = match (record.status, &record.eval) {
+            (Status::Finished, Some(eval)) => format!("accuracy {:.4}", eval.accuracy),
+            (Status::Interrupted, _) => format!("INTERRUPTED: {error}"),
+            _ => format!("FAILED: {error}"),
         };
         let seconds = record.timings.setup_seconds
             + record.timings.train_seconds

@@ -125,6 +125,7 @@ impl Sources {
             )?;
             let curve = match train::fit(&net, &data, &pretrain.train, 0, pretrain.seed)? {
                 Fit::Done(curve) => curve,
+                Fit::Interrupted { .. } => return Err(Error::Interrupted),
                 Fit::Diverged { step, .. } => {
                     return Err(InputError::new(format!("pretraining the source model diverged: the training loss was not finite at step {step}"))
                         .with_help("lower source.pretrain.train.lr")

@@ -3,6 +3,7 @@
 //! ```text
 //! <store>/<name>/spec.yaml                 resolved spec of the latest `run`
 //! <store>/<name>/plan.json                 its trial table
+//! <store>/<name>/sweep.json                the sweep's identity (made by its first `run`)
 //! <store>/<name>/trials/<id>.json          one record per ended trial
 //! <store>/<name>/checkpoints/<id>.safetensors
 //! <store>/<name>/locks/<id>.lock           held (flock) while a process runs the trial
@@ -29,6 +30,33 @@ pub enum Status {
     Finished,
     /// Stopped by an error; `error` says why.
     Failed,
+    /// Stopped by Ctrl-C; `run` runs it again.
+    Interrupted,
+}
+
+impl SweepIdentity {
+    /// A new identity, now.
+    pub fn new(git_commit: Option<String>) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        SweepIdentity {
+            id: format!("{:016x}", rand::random::<u64>()),
+            created_at: now,
+            git_commit,
+        }
+    }
+}
+
+/// A sweep's identity, fixed by its first `run`: tracking servers find its runs by `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepIdentity {
+    /// Random, 16 hex digits.
+    pub id: String,
+    /// Unix time of the first `run`.
+    pub created_at: u64,
+    /// Git commit of the repository holding the spec, when it is in one.
+    pub git_commit: Option<String>,
 }
 
 /// Wall-clock times of a trial, in seconds.
@@ -83,6 +111,14 @@ pub struct TrialRecord {
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    synced_temp(path, bytes)?
+        .persist(path)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()))(e.error))?;
+    Ok(())
+}
+
+/// A synced temporary file holding `bytes`, in `path`'s folder (created when missing).
+fn synced_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
     let context = || format!("cannot write {}", path.display());
@@ -92,9 +128,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(Error::io(context()))?;
     std::io::Write::write_all(&mut file, bytes).map_err(Error::io(context()))?;
     file.as_file().sync_all().map_err(Error::io(context()))?;
-    file.persist(path)
-        .map_err(|e| Error::io(context())(e.error))?;
-    Ok(())
+    Ok(file)
 }
 
 /// An exclusive lock on a file, released when dropped or when the process dies.
@@ -124,7 +158,14 @@ pub fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
     }
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let context = || format!("cannot read {}", path.display());
+    let bytes = std::fs::read(path).map_err(Error::io(context()))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::io(context())(e.into()))
+}
+
 /// One sweep's folder in the run store.
+#[derive(Debug, Clone)]
 pub struct RunStore {
     root: PathBuf,
 }
@@ -162,13 +203,39 @@ impl RunStore {
         write_atomic(&self.root.join("plan.json"), &json)
     }
 
+    /// The sweep's identity: the one saved, else `new` saved now (when processes race,
+    /// the first to save wins and every one returns its identity).
+    pub fn identity(&self, new: impl FnOnce() -> SweepIdentity) -> Result<SweepIdentity> {
+        let path = self.root.join("sweep.json");
+        if !path.is_file() {
+            let json = serde_json::to_vec_pretty(&new()).expect("identities serialise");
+            match synced_temp(&path, &json)?.persist_noclobber(&path) {
+                Ok(_) => {}
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Error::io(format!("cannot write {}", path.display()))(
+                        e.error,
+                    ));
+                }
+            }
+        }
+        read_json(&path)
+    }
+
     /// The saved plan.
     pub fn plan(&self) -> Result<Plan> {
-        let path = self.root.join("plan.json");
-        let bytes =
-            std::fs::read(&path).map_err(Error::io(format!("cannot read {}", path.display())))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()))(e.into()))
+        read_json(&self.root.join("plan.json"))
+    }
+
+    /// The resolved spec of the latest `run`, as saved.
+    pub fn spec_yaml(&self) -> Result<String> {
+        let path = self.root.join("spec.yaml");
+        std::fs::read_to_string(&path).map_err(Error::io(format!("cannot read {}", path.display())))
+    }
+
+    /// Takes the lock that serialises finding or creating this sweep's tracking-server runs.
+    pub fn lock_tracking(&self) -> Result<Lock> {
+        Ok(lock(&self.root.join("locks").join("tracking.lock"), true)?.expect("waited for"))
     }
 
     fn record_path(&self, id: &str) -> PathBuf {

@@ -47,6 +47,13 @@ pub enum Fit {
         /// The curve up to there.
         curve: Vec<CurvePoint>,
     },
+    /// Ctrl-C stopped it.
+    Interrupted {
+        /// Steps run.
+        step: usize,
+        /// The curve up to there.
+        curve: Vec<CurvePoint>,
+    },
 }
 
 /// Number of optimizer steps `train` asks for on `examples` examples.
@@ -138,6 +145,12 @@ pub fn fit(
     let mut loss_sum = Tensor::zeros((), DType::F32, inputs.device())?;
     let mut since_log = 0;
     for step in 1..=steps {
+        if crate::interrupt::requested() {
+            return Ok(Fit::Interrupted {
+                step: step - 1,
+                curve,
+            });
+        }
         let indices = Tensor::new(order.take(batch), inputs.device())?;
         let mut x = inputs.index_select(&indices, 0)?;
         if frozen_per_step {

@@ -15,6 +15,9 @@ use crate::error::{InputError, Origin};
 /// Prefix of environment variables that override spec keys (`XFERLAB_TRAIN__LR=0.01`).
 pub const ENV_PREFIX: &str = "XFERLAB_";
 
+/// MLflow's conventional variable for the tracking server: sets `tracking.mlflow.uri`.
+pub const MLFLOW_URI_VARIABLE: &str = "MLFLOW_TRACKING_URI";
+
 /// `XFERLAB_` variables that configure the command line, not the spec.
 const CLI_VARIABLES: [&str; 1] = ["store"];
 
@@ -115,6 +118,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedSpec, InputError>
     let overrides = Overrides::parse(overrides)?;
     let figment = Figment::new()
         .merge(Yaml::file_exact(path))
+        .merge(MlflowEnv::read())
         .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&CLI_VARIABLES))
         .merge(overrides);
     let mut spec: Spec = match figment.extract() {
@@ -144,6 +148,31 @@ fn resolve_paths(spec: &mut Spec, base: &Path) {
         dataset.dir.as_mut().map(resolve);
     }
     spec.source.checkpoint.as_mut().map(resolve);
+}
+
+const MLFLOW_ENV_NAME: &str = "MLflow's environment variables";
+
+/// `MLFLOW_TRACKING_URI`, read as text whatever it looks like.
+struct MlflowEnv(serde_json::Value);
+
+impl MlflowEnv {
+    fn read() -> Self {
+        MlflowEnv(match std::env::var(MLFLOW_URI_VARIABLE) {
+            Ok(uri) if !uri.is_empty() => {
+                serde_json::json!({ "tracking": { "mlflow": { "uri": uri } } })
+            }
+            _ => serde_json::json!({}),
+        })
+    }
+}
+
+impl Provider for MlflowEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(MLFLOW_ENV_NAME)
+    }
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Serialized::defaults(&self.0).data()
+    }
 }
 
 const OVERRIDE_NAME: &str = "--set";
@@ -295,6 +324,7 @@ pub fn plain(message: &str) -> String {
 fn origin_from(metadata: Option<&Metadata>, key_path: &str, key: bool, file: &SpecFile) -> Origin {
     match metadata {
         Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
+        Some(m) if m.name == MLFLOW_ENV_NAME => Origin::Env(MLFLOW_URI_VARIABLE.to_string()),
         Some(m) if m.name.contains("environment") => Origin::Env(format!(
             "{ENV_PREFIX}{}",
             key_path.to_uppercase().replace('.', "__")

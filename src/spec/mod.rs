@@ -6,7 +6,7 @@ pub mod suggest;
 mod types;
 pub mod validate;
 
-pub use load::{LoadedSpec, load};
+pub use load::{LoadedSpec, MLFLOW_URI_VARIABLE, load};
 pub use types::*;
 
 /// The JSON Schema of the spec, as committed in `schemas/experiment.schema.json`.

@@ -42,6 +42,30 @@ pub struct Spec {
     /// Also save each trial's trained weights as safetensors in the run store.
     #[serde(default)]
     pub checkpoints: bool,
+    /// Tracking servers that receive the sweep besides the run store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<TrackingSpec>,
+}
+
+/// Tracking servers that receive the sweep besides the run store (the source of truth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSpec {
+    /// An MLflow tracking server: the sweep is a parent run, each trial a nested run.
+    #[serde(default)]
+    pub mlflow: Option<MlflowSpec>,
+}
+
+/// An MLflow tracking server. Credentials come from `MLFLOW_TRACKING_TOKEN` or
+/// `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`, never from the spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MlflowSpec {
+    /// Server address, e.g. `http://127.0.0.1:5000`; `MLFLOW_TRACKING_URI` sets it too.
+    pub uri: String,
+    /// Experiment the sweep is logged under (created when missing); the spec's `name` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
 }
 
 /// Kind of data a spec works on.

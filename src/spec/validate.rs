@@ -36,6 +36,12 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         check_dataset(&format!("datasets.{name}"), dataset, at)?;
     }
     check_model(&spec.model, at)?;
+    if let Some(mlflow) = spec.tracking.as_ref().and_then(|t| t.mlflow.as_ref()) {
+        crate::tracking::mlflow::Client::new(&mlflow.uri).map_err(|message| {
+            at("tracking.mlflow.uri", message)
+                .with_help("xferlab talks to MLflow tracking servers over HTTP, e.g. http://127.0.0.1:5000 (`just mlflow` starts one)")
+        })?;
+    }
     let blocks = block_count(&spec.model);
 
     let selections = selections(spec);

@@ -70,6 +70,13 @@ impl Test {
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env_remove("XFERLAB_STORE");
+        // A developer's own tracking server must not receive test sweeps.
+        for key in std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("MLFLOW_"))
+        {
+            command.env_remove(key);
+        }
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("XFERLAB_")) {
             command.env_remove(key);
         }

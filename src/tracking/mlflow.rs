@@ -1,0 +1,569 @@
+//! A small MLflow tracking client over the REST API (`/api/2.0/mlflow/`), blocking, with
+//! retries on connection errors and 5xx. Credentials come from MLflow's conventional
+//! variables and are never part of a message.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Limits of one `runs/log-batch` call (MLflow documents them; the server enforces them).
+const MAX_PARAMS: usize = 100;
+const MAX_TAGS: usize = 100;
+const MAX_METRICS: usize = 1000;
+
+/// Waits before each retry of a request that could not reach the server or got a 5xx.
+const BACKOFF: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// Why a tracking call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackingError {
+    /// No answer (refused, timed out, 5xx) even after retrying.
+    #[error("MLflow server at {uri} did not answer {what}: {reason}")]
+    Unreachable {
+        /// The server, without credentials.
+        uri: String,
+        /// What was being done.
+        what: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// The server refused a request (4xx): retrying would not help.
+    #[error("MLflow server rejected {what}: {message}")]
+    Rejected {
+        /// What was being done, naming the offending key when one is known.
+        what: String,
+        /// The server's own message.
+        message: String,
+    },
+}
+
+/// A run as the server describes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunInfo {
+    /// Its id.
+    pub run_id: String,
+    /// `RUNNING`, `FINISHED`, `FAILED` or `KILLED`.
+    pub status: String,
+    /// Where its artifacts go: `mlflow-artifacts:/EXP/RUN/artifacts` when proxied.
+    pub artifact_uri: String,
+}
+
+/// A run with its tags.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Id, status, artifact location.
+    pub info: RunInfo,
+    /// Tags by key.
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct RawRun {
+    info: RunInfo,
+    #[serde(default)]
+    data: RawRunData,
+}
+
+#[derive(Default, Deserialize)]
+struct RawRunData {
+    #[serde(default)]
+    tags: Vec<KeyValue>,
+}
+
+#[derive(Deserialize)]
+struct KeyValue {
+    key: String,
+    value: String,
+}
+
+impl From<RawRun> for Run {
+    fn from(raw: RawRun) -> Self {
+        Run {
+            info: raw.info,
+            tags: raw
+                .data
+                .tags
+                .into_iter()
+                .map(|t| (t.key, t.value))
+                .collect(),
+        }
+    }
+}
+
+/// One metric value at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Name.
+    pub key: String,
+    /// Value; NaN and infinities are sent as MLflow's strings for them.
+    pub value: f64,
+    /// Unix time in milliseconds.
+    pub timestamp: u64,
+    /// Step.
+    pub step: u64,
+}
+
+enum Auth {
+    Bearer(String),
+    Basic(String, String),
+}
+
+/// A connection to one MLflow tracking server.
+pub struct Client {
+    base: String,
+    shown: String,
+    http: reqwest::blocking::Client,
+    auth: Option<Auth>,
+}
+
+/// `uri` without credentials written into it (`http://user:secret@host` → `http://host`).
+pub fn redact(uri: &str) -> String {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => uri.to_string(),
+    }
+}
+
+impl Client {
+    /// A client for the server at `uri` (`http[s]://host:port`), with credentials from
+    /// `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
+    pub fn new(uri: &str) -> Result<Self, String> {
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(format!(
+                "`{}` is not an http:// or https:// address of an MLflow server",
+                redact(uri)
+            ));
+        }
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let auth = match (
+            var("MLFLOW_TRACKING_TOKEN"),
+            var("MLFLOW_TRACKING_USERNAME"),
+        ) {
+            (Some(token), _) => Some(Auth::Bearer(token)),
+            (None, Some(user)) => Some(Auth::Basic(
+                user,
+                var("MLFLOW_TRACKING_PASSWORD").unwrap_or_default(),
+            )),
+            (None, None) => None,
+        };
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            // The server drops idle connections after 5 s; never reuse one it has closed.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .build()
+            .map_err(|e| format!("cannot start an HTTP client: {e}"))?;
+        Ok(Client {
+            base: uri.trim_end_matches('/').to_string(),
+            shown: redact(uri.trim_end_matches('/')),
+            http,
+            auth,
+        })
+    }
+
+    /// The server's address, without credentials.
+    pub fn uri(&self) -> &str {
+        &self.shown
+    }
+
+    /// Sends a request, retrying connection errors and 5xx with backoff.
+    fn send(
+        &self,
+        what: &str,
+        request: impl Fn() -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, TrackingError> {
+        let mut attempt = 0;
+        loop {
+            let mut builder = request();
+            builder = match &self.auth {
+                Some(Auth::Bearer(token)) => builder.bearer_auth(token),
+                Some(Auth::Basic(user, password)) => builder.basic_auth(user, Some(password)),
+                None => builder,
+            };
+            let reason = match builder.send() {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) if response.status().is_client_error() => {
+                    let status = response.status();
+                    let body = response.text().unwrap_or_default();
+                    return Err(TrackingError::Rejected {
+                        what: what.to_string(),
+                        message: server_message(status, &body),
+                    });
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    server_message(status, &response.text().unwrap_or_default())
+                }
+                // Without the URL: it may carry credentials.
+                Err(error) => plain_error(&error.without_url()),
+            };
+            let Some(wait) = BACKOFF.get(attempt) else {
+                return Err(TrackingError::Unreachable {
+                    uri: self.shown.clone(),
+                    what: what.to_string(),
+                    reason,
+                });
+            };
+            tracing::debug!(what, reason, "MLflow request failed; retrying");
+            std::thread::sleep(*wait);
+            attempt += 1;
+        }
+    }
+
+    fn url(&self, endpoint: &str) -> String {
+        format!("{}/api/2.0/mlflow/{endpoint}", self.base)
+    }
+
+    fn post<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        endpoint: &str,
+        body: &Value,
+    ) -> Result<T, TrackingError> {
+        let response = self.send(what, || self.http.post(self.url(endpoint)).json(body))?;
+        self.decode(what, response)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        endpoint: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, TrackingError> {
+        let response = self.send(what, || self.http.get(self.url(endpoint)).query(query))?;
+        self.decode(what, response)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        response: reqwest::blocking::Response,
+    ) -> Result<T, TrackingError> {
+        response.json().map_err(|e| TrackingError::Unreachable {
+            uri: self.shown.clone(),
+            what: what.to_string(),
+            reason: format!("unreadable reply: {}", plain_error(&e.without_url())),
+        })
+    }
+
+    /// The id of experiment `name`, created when the server has none of that name.
+    pub fn experiment(&self, name: &str) -> Result<String, TrackingError> {
+        let what = format!("looking up experiment `{name}`");
+        match self.get::<Value>(
+            &what,
+            "experiments/get-by-name",
+            &[("experiment_name", name)],
+        ) {
+            Ok(reply) => Ok(string_at(&reply, "/experiment/experiment_id")),
+            Err(TrackingError::Rejected { message, .. })
+                if message.starts_with("RESOURCE_DOES_NOT_EXIST") =>
+            {
+                let reply: Value = self.post(
+                    &format!("creating experiment `{name}`"),
+                    "experiments/create",
+                    &json!({ "name": name }),
+                )?;
+                Ok(string_at(&reply, "/experiment_id"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a run; a nested run has the tag `mlflow.parentRunId`.
+    pub fn create_run(
+        &self,
+        experiment_id: &str,
+        name: &str,
+        start_time: u64,
+        tags: &[(String, String)],
+    ) -> Result<Run, TrackingError> {
+        #[derive(Deserialize)]
+        struct Reply {
+            run: RawRun,
+        }
+        let reply: Reply = self.post(
+            &format!("creating run `{name}`"),
+            "runs/create",
+            &json!({
+                "experiment_id": experiment_id,
+                "run_name": name,
+                "start_time": start_time,
+                "tags": key_values(tags),
+            }),
+        )?;
+        Ok(reply.run.into())
+    }
+
+    /// Active runs of an experiment matching an MLflow search `filter`, every page.
+    pub fn search(&self, experiment_id: &str, filter: &str) -> Result<Vec<Run>, TrackingError> {
+        #[derive(Deserialize)]
+        struct Reply {
+            #[serde(default)]
+            runs: Vec<RawRun>,
+            next_page_token: Option<String>,
+        }
+        let mut runs = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut body = json!({
+                "experiment_ids": [experiment_id],
+                "filter": filter,
+                "max_results": 1000,
+            });
+            if let Some(token) = &token {
+                body["page_token"] = json!(token);
+            }
+            let reply: Reply =
+                self.post(&format!("searching runs ({filter})"), "runs/search", &body)?;
+            runs.extend(reply.runs.into_iter().map(Run::from));
+            match reply.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return Ok(runs),
+            }
+        }
+    }
+
+    /// Logs params, metrics and tags, split into calls within the server's limits. When the
+    /// server rejects a call, its items are sent one by one to name the offending key (the
+    /// others are kept: re-logging an equal value is accepted).
+    pub fn log(
+        &self,
+        run_id: &str,
+        what: &str,
+        params: &[(String, String)],
+        metrics: &[Metric],
+        tags: &[(String, String)],
+    ) -> Result<(), TrackingError> {
+        let batch = |params: &[(String, String)],
+                     metrics: &[Metric],
+                     tags: &[(String, String)]|
+         -> Result<(), TrackingError> {
+            let body = json!({
+                "run_id": run_id,
+                "params": key_values(params),
+                "metrics": metrics.iter().map(metric_json).collect::<Vec<_>>(),
+                "tags": key_values(tags),
+            });
+            self.post::<Value>(what, "runs/log-batch", &body).map(drop)
+        };
+        let one_by_one = |error: TrackingError, kind: &str, keys: Vec<(&str, Value)>| {
+            if keys.len() <= 1 {
+                return Err(name_key(error, kind, keys.first().map(|k| k.0)));
+            }
+            for (key, item) in keys {
+                let mut body = json!({ "run_id": run_id });
+                body[kind] = json!([item]);
+                if let Err(e) = self.post::<Value>(what, "runs/log-batch", &body) {
+                    return Err(name_key(e, kind, Some(key)));
+                }
+            }
+            Err(error)
+        };
+        for chunk in params.chunks(MAX_PARAMS) {
+            batch(chunk, &[], &[]).or_else(|e| match e {
+                TrackingError::Rejected { .. } => one_by_one(
+                    e,
+                    "params",
+                    chunk
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), json!({"key": k, "value": v})))
+                        .collect(),
+                ),
+                e => Err(e),
+            })?;
+        }
+        for chunk in metrics.chunks(MAX_METRICS) {
+            batch(&[], chunk, &[]).or_else(|e| match e {
+                TrackingError::Rejected { .. } => one_by_one(
+                    e,
+                    "metrics",
+                    chunk
+                        .iter()
+                        .map(|m| (m.key.as_str(), metric_json(m)))
+                        .collect(),
+                ),
+                e => Err(e),
+            })?;
+        }
+        for chunk in tags.chunks(MAX_TAGS) {
+            batch(&[], &[], chunk).or_else(|e| match e {
+                TrackingError::Rejected { .. } => one_by_one(
+                    e,
+                    "tags",
+                    chunk
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), json!({"key": k, "value": v})))
+                        .collect(),
+                ),
+                e => Err(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sets a run's status (`RUNNING`, `FINISHED`, `FAILED`, `KILLED`), and its end time (ms)
+    /// when it ended.
+    pub fn set_status(
+        &self,
+        run_id: &str,
+        status: &str,
+        end_time: Option<u64>,
+    ) -> Result<(), TrackingError> {
+        let mut body = json!({ "run_id": run_id, "status": status });
+        if let Some(end_time) = end_time {
+            body["end_time"] = json!(end_time);
+        }
+        self.post::<Value>(
+            &format!("setting run {run_id} to {status}"),
+            "runs/update",
+            &body,
+        )
+        .map(drop)
+    }
+
+    /// Deletes a run (MLflow keeps it in its trash; searches no longer see it).
+    pub fn delete_run(&self, run_id: &str) -> Result<(), TrackingError> {
+        self.post::<Value>(
+            &format!("deleting run {run_id}"),
+            "runs/delete",
+            &json!({ "run_id": run_id }),
+        )
+        .map(drop)
+    }
+
+    /// Uploads a file to a run's artifacts through the server's artifact proxy.
+    pub fn upload(&self, run: &RunInfo, path: &str, bytes: Vec<u8>) -> Result<(), TrackingError> {
+        let Some(location) = run.artifact_uri.strip_prefix("mlflow-artifacts:/") else {
+            return Err(TrackingError::Rejected {
+                what: format!("uploading artifact {path}"),
+                message: format!(
+                    "the run's artifacts go to `{}`, which only the server's artifact proxy \
+                     (`mlflow-artifacts:`) lets xferlab reach; start the server with artifact \
+                     proxying on (the default of `mlflow server`)",
+                    run.artifact_uri
+                ),
+            });
+        };
+        let url = format!(
+            "{}/api/2.0/mlflow-artifacts/artifacts/{}/{path}",
+            self.base,
+            location.trim_matches('/')
+        );
+        self.send(&format!("uploading artifact {path}"), || {
+            self.http.put(&url).body(bytes.clone())
+        })
+        .map(drop)
+    }
+}
+
+fn key_values(items: &[(String, String)]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|(key, value)| json!({ "key": key, "value": value }))
+        .collect()
+}
+
+fn metric_json(metric: &Metric) -> Value {
+    // A bare NaN would be stored as 0 and the rest of the batch dropped: send the strings.
+    let value = match metric.value {
+        v if v.is_nan() => json!("NaN"),
+        v if v == f64::INFINITY => json!("Infinity"),
+        v if v == f64::NEG_INFINITY => json!("-Infinity"),
+        v => json!(v),
+    };
+    json!({ "key": metric.key, "value": value, "timestamp": metric.timestamp, "step": metric.step })
+}
+
+fn name_key(error: TrackingError, kind: &str, key: Option<&str>) -> TrackingError {
+    match (error, key) {
+        (TrackingError::Rejected { what, message }, Some(key)) => TrackingError::Rejected {
+            what: format!("{what}: {} `{key}`", kind.trim_end_matches('s')),
+            message,
+        },
+        (error, _) => error,
+    }
+}
+
+fn string_at(reply: &Value, pointer: &str) -> String {
+    reply
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The server's `{"error_code", "message"}`, or the start of whatever else it answered.
+fn server_message(status: reqwest::StatusCode, body: &str) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error_code: String,
+        message: String,
+    }
+    match serde_json::from_str::<ErrorBody>(body) {
+        Ok(e) => format!("{}: {}", e.error_code, e.message),
+        Err(_) => {
+            let text: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            let text: String = text.chars().take(200).collect();
+            format!("HTTP {status}: {text}")
+        }
+    }
+}
+
+/// A reqwest error with its causes (e.g. "connection refused"), one line.
+fn plain_error(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_an_address_are_never_shown() {
+        assert_eq!(
+            redact("https://ann:s3cret@mlflow.example.org:8443/base"),
+            "https://mlflow.example.org:8443/base"
+        );
+        assert_eq!(redact("http://127.0.0.1:5000"), "http://127.0.0.1:5000");
+        let client = Client::new("http://ann:s3cret@127.0.0.1:1/").unwrap();
+        assert_eq!(client.uri(), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn non_finite_metrics_are_sent_as_mlflow_strings() {
+        let metric = |value| Metric {
+            key: "train_loss".into(),
+            value,
+            timestamp: 1,
+            step: 2,
+        };
+        assert_eq!(metric_json(&metric(f64::NAN))["value"], "NaN");
+        assert_eq!(
+            metric_json(&metric(f64::NEG_INFINITY))["value"],
+            "-Infinity"
+        );
+        assert_eq!(metric_json(&metric(0.5))["value"], 0.5);
+    }
+
+    #[test]
+    fn only_http_addresses_are_servers() {
+        let error = Client::new("127.0.0.1:5000").err().unwrap();
+        assert!(error.contains("http://"), "{error}");
+    }
+}
