@@ -20,6 +20,16 @@ plan SPEC *ARGS:
 report RUN *ARGS:
     cargo run --release -- report {{RUN}} {{ARGS}}
 
+# A local MLflow tracking server on 127.0.0.1:PORT (SQLite store and artifacts in .mlflow/).
+# Then: MLFLOW_TRACKING_URI=http://127.0.0.1:5000 just sweep experiments/quickstart.yaml
+mlflow PORT="5000":
+    mkdir -p .mlflow
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$(scripts/mlflow-venv)" server --host 127.0.0.1 --port {{PORT}} --workers 1 --backend-store-uri "sqlite:///$PWD/.mlflow/mlflow.db" --artifacts-destination "$PWD/.mlflow/artifacts"
+
+# Upload to the tracking server what a sweep's run store has and it has not: just sync runs/quickstart
+sync RUN *ARGS:
+    cargo run --release -- sync {{RUN}} {{ARGS}}
+
 # Every test (installs the test data first when missing).
 test *ARGS:
     scripts/test {{ARGS}}

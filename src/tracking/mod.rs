@@ -444,8 +444,12 @@ impl Outcome {
             ),
             None => format!("MLflow: nothing uploaded to {uri}\n"),
         };
-        for problem in &self.problems {
+        const SHOWN: usize = 3;
+        for problem in self.problems.iter().take(SHOWN) {
             text += &format!("  {problem}\n");
+        }
+        if self.problems.len() > SHOWN {
+            text += &format!("  and {} more problem(s)\n", self.problems.len() - SHOWN);
         }
         if !self.missed.is_empty() || !self.ended {
             text += &format!(

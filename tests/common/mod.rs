@@ -1,6 +1,8 @@
 //! A small harness that runs the real `xferlab` binary in a private folder.
 #![allow(dead_code)]
 
+pub mod mlflow;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
