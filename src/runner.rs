@@ -103,11 +103,7 @@ pub fn run(
     let store = RunStore::new(&options.store, &plan.name);
     let spec_yaml = serde_yaml::to_string(&loaded.spec).expect("specs serialise");
     store.write_plan(&spec_yaml, plan)?;
-    let identity = store.identity(|| {
-        SweepIdentity::new(git_commit(
-            loaded.file.path.parent().unwrap_or(Path::new(".")),
-        ))
-    })?;
+    let identity = store.identity(|| SweepIdentity::new(git_commit(&loaded.file.path)))?;
     let target = tracking::Target::of(&loaded.spec);
     let sink = target
         .as_ref()
@@ -190,8 +186,9 @@ pub fn run(
     Ok(summary)
 }
 
-/// The commit checked out in the git repository holding `dir`, if it is in one.
-fn git_commit(dir: &Path) -> Option<String> {
+/// The commit checked out in the git repository holding `file`, if it is in one.
+fn git_commit(file: &Path) -> Option<String> {
+    let dir = std::path::absolute(file).ok()?.parent()?.to_path_buf();
     let output = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .current_dir(dir)

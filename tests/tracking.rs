@@ -127,8 +127,38 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
         .file("spec.yaml", SMALL_SWEEP)
         .env("MLFLOW_TRACKING_URI", uri)
         .env("MLFLOW_TRACKING_TOKEN", secret);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(test.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "spec.yaml"]);
+    git(&["commit", "-q", "-m", "spec"]);
+    let commit = git(&["rev-parse", "HEAD"]);
     let set = format!("--set=tracking.mlflow.experiment={experiment}");
-    let ran = test.run(&["run", "spec.yaml", "--device", "cpu", &set]);
+    // A loss at every one of 1200 steps: more metrics than one log-batch call may carry.
+    let ran = test.run(&[
+        "run",
+        "spec.yaml",
+        "--device",
+        "cpu",
+        &set,
+        "--set=train.steps=1200",
+        "--set=train.log_every=1",
+    ]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert!(
         ran.stderr.contains("16 trial(s) uploaded"),
@@ -143,6 +173,12 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
     assert_eq!(parent.info("status"), "FINISHED");
     assert_eq!(parent.info("run_name"), "small");
     assert_eq!(parent.param("sweep.trials").as_deref(), Some("16"));
+    assert_eq!(parent.tag("xferlab.git_commit"), Some(commit.clone()));
+    let (_, children) = sweep_runs(&api, &experiment);
+    for run in children.values() {
+        assert_eq!(run.tag("xferlab.git_commit"), Some(commit.clone()));
+        assert_eq!(api.history(&run.id(), "train_loss").len(), 1200);
+    }
     assert_eq!(
         api.artifacts(&parent.id()),
         ["report.json", "report.md", "spec.yaml"]

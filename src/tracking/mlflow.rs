@@ -109,9 +109,32 @@ pub struct Metric {
     pub step: u64,
 }
 
-enum Auth {
+/// Credentials sent with every request.
+#[derive(Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer TOKEN`.
     Bearer(String),
+    /// `Authorization: Basic` with user and password.
     Basic(String, String),
+}
+
+impl Auth {
+    /// MLflow's conventional variables: `MLFLOW_TRACKING_TOKEN`, else
+    /// `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
+    pub fn from_env() -> Option<Self> {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        match (
+            var("MLFLOW_TRACKING_TOKEN"),
+            var("MLFLOW_TRACKING_USERNAME"),
+        ) {
+            (Some(token), _) => Some(Auth::Bearer(token)),
+            (None, Some(user)) => Some(Auth::Basic(
+                user,
+                var("MLFLOW_TRACKING_PASSWORD").unwrap_or_default(),
+            )),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A connection to one MLflow tracking server.
@@ -138,24 +161,17 @@ impl Client {
     /// A client for the server at `uri` (`http[s]://host:port`), with credentials from
     /// `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
     pub fn new(uri: &str) -> Result<Self, String> {
+        Self::with_auth(uri, Auth::from_env())
+    }
+
+    /// A client for the server at `uri` sending `auth`.
+    pub fn with_auth(uri: &str, auth: Option<Auth>) -> Result<Self, String> {
         if !(uri.starts_with("http://") || uri.starts_with("https://")) {
             return Err(format!(
                 "`{}` is not an http:// or https:// address of an MLflow server",
                 redact(uri)
             ));
         }
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        let auth = match (
-            var("MLFLOW_TRACKING_TOKEN"),
-            var("MLFLOW_TRACKING_USERNAME"),
-        ) {
-            (Some(token), _) => Some(Auth::Bearer(token)),
-            (None, Some(user)) => Some(Auth::Basic(
-                user,
-                var("MLFLOW_TRACKING_PASSWORD").unwrap_or_default(),
-            )),
-            (None, None) => None,
-        };
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -559,6 +575,37 @@ mod tests {
             "-Infinity"
         );
         assert_eq!(metric_json(&metric(0.5))["value"], 0.5);
+    }
+
+    /// The headers of the one request a client sends to a listener that answers `{}`.
+    /// (An MLflow server without auth ignores credentials, so it cannot show them.)
+    fn headers_sent(auth: Auth) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = String::new();
+            while reader.read_line(&mut headers).unwrap() > 2 && !headers.ends_with("\r\n\r\n") {}
+            let mut stream = stream;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .unwrap();
+            headers
+        });
+        let client = Client::with_auth(&uri, Some(auth)).unwrap();
+        client.set_status("r", "FINISHED", None).unwrap();
+        server.join().unwrap().to_lowercase()
+    }
+
+    #[test]
+    fn credentials_go_in_the_authorization_header() {
+        let bearer = headers_sent(Auth::Bearer("tok3n".into()));
+        assert!(bearer.contains("authorization: bearer tok3n"), "{bearer}");
+        // base64("ann:pw") = YW5uOnB3
+        let basic = headers_sent(Auth::Basic("ann".into(), "pw".into()));
+        assert!(basic.contains("authorization: basic yw5uonb3"), "{basic}");
     }
 
     #[test]
