@@ -423,3 +423,40 @@ fn a_value_the_server_rejects_is_reported_with_its_key_and_the_sweep_goes_on() {
         synced.stderr
     );
 }
+
+#[test]
+fn failed_trials_end_failed_with_their_reason() {
+    let uri = mlflow::shared();
+    let experiment = unique("failed");
+    // SGD at an absurd learning rate: every trial's loss overflows.
+    let spec = SMALL_SWEEP.replace(
+        "train: {steps: 60, batch_size: 16, lr: 1.0e-3, log_every: 20}",
+        "train: {steps: 60, batch_size: 16, optimizer: sgd, lr: 1.0e+38, log_every: 20}",
+    );
+    let test = Test::new()
+        .file("spec.yaml", spec)
+        .env("MLFLOW_TRACKING_URI", uri);
+    let set = format!("--set=tracking.mlflow.experiment={experiment}");
+    let ran = test.run(&[
+        "run",
+        "spec.yaml",
+        "--device",
+        "cpu",
+        "--set=sweep.seed=[0]",
+        &set,
+    ]);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(ran.stderr.contains("8 trial(s) uploaded"), "{}", ran.stderr);
+    let (parent, children) = sweep_runs(&Api::new(uri), &experiment);
+    assert_eq!(parent.info("status"), "FAILED");
+    assert_eq!(children.len(), 8);
+    for run in children.values() {
+        assert_eq!(run.info("status"), "FAILED");
+        let error = run.tag("xferlab.error").expect("the reason as a tag");
+        assert!(
+            error.starts_with("training loss became NaN or infinite"),
+            "{error}"
+        );
+        assert_eq!(run.metric("eval_accuracy"), None);
+    }
+}
