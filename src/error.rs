@@ -110,19 +110,35 @@ impl fmt::Display for InputError {
                 pad = " ".repeat(number.len());
                 writeln!(f, "{pad}--> {}:{}:{}", shown(path), p.line, p.column)?;
                 if let Some(text) = line_text {
-                    let before: String = text
-                        .chars()
-                        .take(p.column.saturating_sub(1))
-                        .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    // A very long line is shown as a window around the column.
+                    const WIDTH: usize = 100;
+                    let chars: Vec<char> = text.chars().collect();
+                    let column = p.column.saturating_sub(1).min(chars.len());
+                    let start = if chars.len() > WIDTH {
+                        column.saturating_sub(WIDTH / 2)
+                    } else {
+                        0
+                    };
+                    let end = chars.len().min(start + WIDTH);
+                    let mut shown_text: String = chars[start..end].iter().collect();
+                    let mut before: String = chars[start..column]
+                        .iter()
+                        .map(|&c| if c == '\t' { '\t' } else { ' ' })
                         .collect();
-                    let token = text
-                        .chars()
-                        .skip(p.column.saturating_sub(1))
-                        .take_while(|c| !":,{}[] ".contains(*c))
+                    if start > 0 {
+                        shown_text.insert(0, '…');
+                        before.insert(0, ' ');
+                    }
+                    if end < chars.len() {
+                        shown_text.push('…');
+                    }
+                    let token = chars[column..end]
+                        .iter()
+                        .take_while(|c| !":,{}[] ".contains(**c))
                         .count()
                         .max(1);
                     writeln!(f, "{pad} |")?;
-                    writeln!(f, "{number} | {text}")?;
+                    writeln!(f, "{number} | {shown_text}")?;
                     writeln!(f, "{pad} | {before}{}", "^".repeat(token))?;
                 }
             }

@@ -97,56 +97,103 @@ pub(super) fn labels(dir: &Path, split: Split) -> Result<Vec<u32>, InputError> {
     Ok(bytes.into_iter().map(u32::from).collect())
 }
 
-/// The image shape from the header alone: no need to unpack the whole file to plan.
-pub(super) fn shape(dir: &Path, split: Split) -> Result<ImageShape, InputError> {
-    let path = find(dir, &format!("{}-images-idx3-ubyte", prefix(split)))?;
-    let file =
-        std::fs::File::open(&path).map_err(|e| file_error(&path, format!("cannot read: {e}")))?;
-    let mut reader = std::io::BufReader::new(file);
-    let gzipped = std::io::BufRead::fill_buf(&mut reader)
-        .map_err(|e| file_error(&path, format!("cannot read: {e}")))?
-        .starts_with(&[0x1f, 0x8b]);
+/// The dimensions in an images file's header, after checking its magic and that its size
+/// fits them, without unpacking it (a gzip file's unpacked size is in its trailer).
+fn image_dims(path: &Path) -> Result<[usize; 3], InputError> {
+    let cannot = |e: std::io::Error| file_error(path, format!("cannot read: {e}"));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let length = file.metadata().map_err(cannot)?.len();
+    let mut start = [0u8; 2];
+    let gzipped = file.read_exact(&mut start).is_ok() && start == [0x1f, 0x8b];
+    let size = if gzipped {
+        use std::io::{Seek, SeekFrom};
+        let mut trailer = [0u8; 4];
+        file.seek(SeekFrom::End(-4))
+            .and_then(|_| file.read_exact(&mut trailer))
+            .map_err(|_| file_error(path, "not a valid gzip file: too short"))?;
+        u64::from(u32::from_le_bytes(trailer))
+    } else {
+        length
+    };
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(cannot)?);
     let mut header = [0u8; 16];
     let read = if gzipped {
         flate2::bufread::GzDecoder::new(reader).read_exact(&mut header)
     } else {
         reader.read_exact(&mut header)
     };
-    read.map_err(|_| file_error(&path, "too short for an IDX header"))?;
+    read.map_err(|_| file_error(path, "too short for an IDX header"))?;
     let word = |at: usize| {
         u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
     };
     if word(0) != IMAGES_MAGIC {
         return Err(file_error(
-            &path,
+            path,
             format!(
                 "not an IDX file of unsigned bytes with 3 dimension(s): magic number is {:#010x}, expected {IMAGES_MAGIC:#010x}",
                 word(0)
             ),
         ));
     }
+    let dims = [word(4) as usize, word(8) as usize, word(12) as usize];
+    let expected = dims.iter().map(|&d| d as u64).product::<u64>();
+    // The gzip trailer holds the size modulo 2^32.
+    let found = size.saturating_sub(16);
+    let fits = if gzipped {
+        (expected + 16) % (1 << 32) == size
+    } else {
+        expected == found
+    };
+    if !fits {
+        let has = if gzipped {
+            "the size in the gzip file's trailer does not match: it is truncated or corrupt".into()
+        } else {
+            format!("the file has {found}")
+        };
+        return Err(file_error(
+            path,
+            format!("dimensions {dims:?} need {expected} bytes of data, {has}"),
+        ));
+    }
+    Ok(dims)
+}
+
+/// The image shape, from the header alone: no need to unpack the whole file to plan.
+pub(super) fn shape(dir: &Path, split: Split) -> Result<ImageShape, InputError> {
+    let path = find(dir, &format!("{}-images-idx3-ubyte", prefix(split)))?;
+    let [_, height, width] = image_dims(&path)?;
     Ok(ImageShape {
         channels: 1,
-        height: word(8) as usize,
-        width: word(12) as usize,
+        height,
+        width,
     })
+}
+
+/// The labels of a split, after checking that its images file agrees with them (magic, size,
+/// count) without unpacking the images: what planning needs to know.
+pub(super) fn checked_labels(dir: &Path, split: Split) -> Result<Vec<u32>, InputError> {
+    let path = find(dir, &format!("{}-images-idx3-ubyte", prefix(split)))?;
+    let [count, ..] = image_dims(&path)?;
+    let labels = labels(dir, split)?;
+    agree(&path, dir, count, labels.len())?;
+    Ok(labels)
+}
+
+fn agree(path: &Path, dir: &Path, images: usize, labels: usize) -> Result<(), InputError> {
+    if images == labels {
+        return Ok(());
+    }
+    Err(file_error(
+        path,
+        format!("{images} images but {labels} labels in {}", shown(dir)),
+    ))
 }
 
 pub(super) fn images(dir: &Path, split: Split) -> Result<Images, InputError> {
     let path = find(dir, &format!("{}-images-idx3-ubyte", prefix(split)))?;
     let (dims, bytes) = read(&path, IMAGES_MAGIC)?;
     let labels = labels(dir, split)?;
-    if labels.len() != dims[0] {
-        return Err(file_error(
-            &path,
-            format!(
-                "{} images but {} labels in {}",
-                dims[0],
-                labels.len(),
-                shown(dir)
-            ),
-        ));
-    }
+    agree(&path, dir, dims[0], labels.len())?;
     Ok(Images {
         shape: ImageShape {
             channels: 1,

@@ -127,7 +127,7 @@ impl Catalog {
             DatasetFormat::Generated => {
                 generated::class_counts(&spec.generated.clone().unwrap_or_default(), split)
             }
-            DatasetFormat::Idx => count(&idx::labels(dir_of(spec, name)?, split)?),
+            DatasetFormat::Idx => count(&idx::checked_labels(dir_of(spec, name)?, split)?),
         };
         self.counts
             .lock()

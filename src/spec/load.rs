@@ -36,6 +36,18 @@ impl SpecFile {
         let text = std::fs::read_to_string(path).map_err(|e| {
             InputError::new(format!("cannot read spec file {}: {e}", path.display()))
         })?;
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Err(InputError::new("the spec file is empty")
+                .with_origin(Origin::File {
+                    path: path.to_path_buf(),
+                    position: None,
+                    line_text: None,
+                })
+                .with_help("start from experiments/quickstart.yaml"));
+        }
         let positions = PositionMap::parse(&text).map_err(|e| {
             InputError::new(format!("YAML syntax error: {}", e.message)).with_origin(Origin::File {
                 path: path.to_path_buf(),
@@ -193,7 +205,11 @@ impl Overrides {
             let key = key.trim();
             let value: serde_json::Value = serde_yaml::from_str::<serde_yaml::Value>(text)
                 .map_err(|e| e.to_string())
-                .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+                .and_then(|v| match non_finite(&v) {
+                    // JSON, and so the layers, cannot hold it: it would turn into null.
+                    Some(n) => Err(format!("{n} is not a finite number")),
+                    None => serde_json::to_value(v).map_err(|e| e.to_string()),
+                })
                 .map_err(|e| {
                     InputError::new(format!("cannot read the value of `{key}`: {e}"))
                         .with_origin(origin.clone())
@@ -216,6 +232,17 @@ impl Overrides {
             })?;
         }
         Ok(Overrides(serde_json::Value::Object(root)))
+    }
+}
+
+/// The first NaN or infinity in a YAML value.
+fn non_finite(value: &serde_yaml::Value) -> Option<f64> {
+    match value {
+        serde_yaml::Value::Number(n) => n.as_f64().filter(|f| !f.is_finite()),
+        serde_yaml::Value::Sequence(items) => items.iter().find_map(non_finite),
+        serde_yaml::Value::Mapping(map) => map.values().find_map(non_finite),
+        serde_yaml::Value::Tagged(tagged) => non_finite(&tagged.value),
+        _ => None,
     }
 }
 
@@ -263,6 +290,12 @@ fn map_figment_error(error: figment::Error, file: &SpecFile) -> InputError {
         segments.pop();
     }
     let parent = segments.join(".");
+    // An error about the spec as a whole points at the file, not at its first line.
+    let whole_file = Origin::File {
+        path: file.path.clone(),
+        position: None,
+        line_text: None,
+    };
     let within = if parent.is_empty() {
         "the spec".to_string()
     } else {
@@ -288,15 +321,15 @@ fn map_figment_error(error: figment::Error, file: &SpecFile) -> InputError {
         }
         Kind::MissingField(field) if parent.is_empty() => {
             InputError::new(format!("missing key `{field}` in the spec"))
-                .with_origin(Origin::File {
-                    path: file.path.clone(),
-                    position: None,
-                    line_text: None,
-                })
+                .with_origin(whole_file)
                 .with_help(format!("add `{field}:` at the top level"))
         }
         Kind::MissingField(field) => InputError::new(format!("missing key `{field}` in {within}"))
             .with_origin(origin(&parent, true)),
+        kind if parent.is_empty() => {
+            InputError::new(format!("{within}: {}", plain(&kind.to_string())))
+                .with_origin(whole_file)
+        }
         kind => InputError::new(format!("{within}: {}", plain(&kind.to_string())))
             .with_origin(origin(&parent, false)),
     }
@@ -310,11 +343,20 @@ pub fn plain(message: &str) -> String {
         ("expected u32", "expected a whole number >= 0"),
         ("expected f64", "expected a number"),
         ("expected a floating point number", "expected a number"),
-        ("signed int ", ""),
+        // Longest first: "signed int " is inside "unsigned int ".
         ("unsigned int ", ""),
+        ("signed int ", ""),
         ("found string", "found text"),
         ("found sequence", "found a list"),
         ("found map", "found a mapping"),
+        (
+            "expected a map",
+            "expected a mapping of keys (name:, model:, ...)",
+        ),
+        (
+            "repetition limit exceeded",
+            "its aliases (`*name`) expand to too many values; refused, as an alias bomb would be",
+        ),
     ]
     .iter()
     .fold(message.to_string(), |m, (from, to)| m.replace(from, to))

@@ -62,7 +62,10 @@ impl PositionMap {
                     position: (*e.marker()).into(),
                 },
             })?;
-        Ok(builder.map)
+        match builder.duplicate {
+            Some(duplicate) => Err(duplicate),
+            None => Ok(builder.map),
+        }
     }
 
     /// Position of the key at `path` (for an unknown or misplaced key).
@@ -132,6 +135,8 @@ enum Frame {
 struct Builder {
     map: PositionMap,
     stack: Vec<Frame>,
+    /// The first key found twice in one mapping (YAML forbids it; parsers keep one silently).
+    duplicate: Option<SyntaxError>,
 }
 
 fn join(parent: &str, child: &str) -> String {
@@ -160,7 +165,21 @@ impl Builder {
                         _ => String::from("?"),
                     };
                     let key_path = join(path, &key);
-                    self.map.keys.entry(key_path).or_insert(position);
+                    match self.map.keys.get(&key_path) {
+                        Some(first) if self.duplicate.is_none() => {
+                            self.duplicate = Some(SyntaxError {
+                                message: format!(
+                                    "key `{key}` appears twice in the same mapping (first on line {})",
+                                    first.line
+                                ),
+                                position,
+                            });
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.map.keys.insert(key_path, position);
+                        }
+                    }
                     *pending_key = Some(key);
                     None
                 }
@@ -238,6 +257,19 @@ mod tests {
                 column: 10
             })
         );
+    }
+
+    #[test]
+    fn a_key_twice_in_one_mapping_is_an_error() {
+        let error = PositionMap::parse("train: {lr: 1}\nname: x\ntrain: {lr: 2}\n").unwrap_err();
+        assert_eq!(error.position, Position { line: 3, column: 1 });
+        assert!(
+            error.message.contains("first on line 1"),
+            "{}",
+            error.message
+        );
+        // The same key in different mappings or list items is fine.
+        PositionMap::parse("a: {lr: 1}\nb: {lr: 1}\nc: [{x: 1}, {x: 2}]\n").unwrap();
     }
 
     #[test]
