@@ -294,21 +294,16 @@ fn run_trial(
         record.eval = Some(train::evaluate(&net, &eval_data)?);
         record.timings.eval_seconds = evaluating.elapsed().as_secs_f64();
         if save_checkpoint {
-            let path = store.checkpoint_path(&trial.id);
-            let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-            std::fs::create_dir_all(path.parent().expect("checkpoints have a folder"))
-                .map_err(Error::io("cannot create the checkpoints folder"))?;
-            net.save(&tmp)?;
-            std::fs::rename(&tmp, &path)
-                .map_err(Error::io(format!("cannot write {}", path.display())))?;
+            store.write_checkpoint(&trial.id, |path| net.save(path))?;
         }
         record.status = Status::Finished;
         Ok(())
     })();
     match outcome {
         Ok(()) => Ok(record),
-        // Bad input stops the sweep; anything else fails only this trial.
-        Err(Error::Input(e)) => Err(Error::Input(e)),
+        // Bad input and a store that cannot be written (full disk) stop the sweep; anything
+        // else fails only this trial.
+        Err(e @ (Error::Input(_) | Error::Io { .. })) => Err(e),
         Err(Error::Interrupted) => {
             record.status = Status::Interrupted;
             record.error = Some("interrupted by Ctrl-C while preparing the trial".into());

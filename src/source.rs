@@ -15,7 +15,7 @@ use crate::error::{Error, InputError, Origin, Result, shown};
 use crate::model::Network;
 use crate::plan::{TrialConfig, hex};
 use crate::spec::{DatasetSpec, ModelSpec, PretrainSpec};
-use crate::store::{lock, write_atomic};
+use crate::store::{lock, remove_stale_temps, save_atomic, write_atomic};
 use crate::train::{self, Fit};
 
 /// Bumped when pretraining changes in a way that changes its weights.
@@ -112,6 +112,7 @@ impl Sources {
         // One process pretrains; others wait for it and then read its file.
         let _lock = lock(&self.dir.join(format!("{hash}.lock")), true)?;
         if !path.is_file() {
+            remove_stale_temps(&path)?;
             say(&format!("pretraining source model {hash}"));
             let started = Instant::now();
             let data = catalog.select(&pretrain.data, pretrain.seed, &self.device)?;
@@ -132,12 +133,7 @@ impl Sources {
                         .into());
                 }
             };
-            let tmp = self
-                .dir
-                .join(format!(".tmp-{hash}-{}.safetensors", std::process::id()));
-            net.save(&tmp)?;
-            std::fs::rename(&tmp, &path)
-                .map_err(Error::io(format!("cannot write {}", shown(&path))))?;
+            save_atomic(&path, |temp| net.save(temp))?;
             let meta = serde_json::json!({
                 "model": config.model, "pretrain": pretrain,
                 "seconds": started.elapsed().as_secs_f64(), "curve": curve,

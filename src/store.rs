@@ -117,15 +117,58 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A synced temporary file holding `bytes`, in `path`'s folder (created when missing).
-fn synced_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+/// A new temporary file beside `path` (its folder created when missing), named
+/// `.tmp-<file name>-<random>` so that `remove_stale_temps` can find what a killed writer left.
+pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
-    let context = || format!("cannot write {}", path.display());
-    let mut file = tempfile::Builder::new()
-        .prefix(".tmp-")
+    tempfile::Builder::new()
+        .prefix(&temp_prefix(path))
         .tempfile_in(dir)
-        .map_err(Error::io(context()))?;
+        .map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    format!(".tmp-{}-", name.unwrap_or_default())
+}
+
+/// Removes the temporary files a killed writer of `path` left. Call it only while holding
+/// the lock that guards writing `path`, so no live writer's file is removed.
+pub fn remove_stale_temps(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("cannot read {}", dir.display()))(e)),
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let stale = entry.path();
+            tracing::debug!(path = %stale.display(), "removing a temporary file a killed run left");
+            std::fs::remove_file(&stale)
+                .map_err(Error::io(format!("cannot remove {}", stale.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `path` atomically with `save`, which writes the file it is given (e.g. a
+/// safetensors writer). Its failures are the store's I/O errors, which stop a sweep.
+pub fn save_atomic(path: &Path, save: impl FnOnce(&Path) -> candle_core::Result<()>) -> Result<()> {
+    let context = || format!("cannot write {}", path.display());
+    let temp = temp_beside(path)?;
+    save(temp.path()).map_err(|e| Error::io(context())(std::io::Error::other(e)))?;
+    temp.persist(path)
+        .map_err(|e| Error::io(context())(e.error))?;
+    Ok(())
+}
+
+/// A synced temporary file beside `path` holding `bytes`.
+fn synced_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+    let context = || format!("cannot write {}", path.display());
+    let mut file = temp_beside(path)?;
     std::io::Write::write_all(&mut file, bytes).map_err(Error::io(context()))?;
     file.as_file().sync_all().map_err(Error::io(context()))?;
     Ok(file)
@@ -269,9 +312,24 @@ impl RunStore {
         write_atomic(&self.record_path(&record.id), &json)
     }
 
-    /// Takes trial `id`'s lock, or None when another process holds it.
+    /// Takes trial `id`'s lock, or None when another process holds it; with it, clears what
+    /// a killed run of the trial left half-written.
     pub fn try_lock_trial(&self, id: &str) -> Result<Option<Lock>> {
-        lock(&self.root.join("locks").join(format!("{id}.lock")), false)
+        let Some(lock) = lock(&self.root.join("locks").join(format!("{id}.lock")), false)? else {
+            return Ok(None);
+        };
+        remove_stale_temps(&self.record_path(id))?;
+        remove_stale_temps(&self.checkpoint_path(id))?;
+        Ok(Some(lock))
+    }
+
+    /// Saves trial `id`'s trained weights with `save`, atomically.
+    pub fn write_checkpoint(
+        &self,
+        id: &str,
+        save: impl FnOnce(&Path) -> candle_core::Result<()>,
+    ) -> Result<()> {
+        save_atomic(&self.checkpoint_path(id), save)
     }
 
     /// The records of the plan's trials that have one, in plan order.
