@@ -37,3 +37,11 @@ test *ARGS:
 # Regenerate the committed JSON Schema after changing the spec types.
 schema:
     cargo run --release -- schema > schemas/experiment.schema.json
+
+# Fuzz the spec loader, the --set parser and the planner for SECONDS: first the bounded
+# property test with many cases, then coverage-guided libFuzzer through cargo-fuzz
+# (`cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain build it).
+fuzz SECONDS="600":
+    FUZZ_CASES=100000 cargo test --test fuzz_spec -- --nocapture
+    mkdir -p fuzz/corpus/spec_loader
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run spec_loader corpus/spec_loader seeds/spec_loader -- -max_total_time={{SECONDS}} -timeout=10 -rss_limit_mb=4096
