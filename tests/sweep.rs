@@ -140,7 +140,16 @@ fn a_killed_sweep_resumes_and_loses_nothing() {
         .find(|r| r["strategy"] == "scratch")
         .unwrap();
     assert_eq!(scratch["count"], 2);
-    assert_eq!(scratch["gain_over_scratch"], 0.0);
+    assert!(scratch["gain"].is_null(), "scratch has no gain over itself");
+    let transfer = json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["strategy"] == "transfer")
+        .unwrap();
+    assert_eq!(transfer["gain"]["n"], 2, "paired over both seeds");
+    assert_eq!(transfer["accuracy"]["n"], 2);
+    assert!(transfer["accuracy"]["ci95"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
