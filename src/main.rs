@@ -10,7 +10,7 @@ use xferlab::plan::{self, Plan};
 use xferlab::report::{self, Format};
 use xferlab::runner::{self, RunOptions};
 use xferlab::spec::{self, LoadedSpec, Spec};
-use xferlab::store::RunStore;
+use xferlab::store::{RunStore, write_atomic};
 use xferlab::tracking::Target;
 
 /// Exit codes, as documented in the README.
@@ -73,13 +73,23 @@ enum Command {
         #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
         store: PathBuf,
     },
-    /// Result tables of a sweep: mean ± std over seeds and gain over scratch.
+    /// Result tables of a sweep: mean, std and 95% interval over seeds, gain over scratch
+    /// paired by seed, the best strategy and depth per setting; figures and an HTML page.
+    ///
+    /// With two sweeps (RUN_A RUN_B), compares them side by side.
     Report {
-        /// A sweep folder (runs/NAME) or the spec that made it.
-        run: PathBuf,
-        /// Output format.
+        /// A sweep folder (runs/NAME) or the spec that made it; a second one to compare.
+        #[arg(required = true, num_args = 1..=2, value_name = "RUN")]
+        runs: Vec<PathBuf>,
+        /// Output format (a comparison prints as table or md).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Also write the figures as SVG and PNG into this folder.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+        /// Also write one self-contained HTML page: tables, figures, failed trials, facts, spec.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
         /// Root folder of the run store (when RUN is a spec).
         #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
         store: PathBuf,
@@ -209,14 +219,61 @@ fn execute(command: Command) -> Result<u8, Error> {
                 exit::SUCCESS
             })
         }
-        Command::Report { run, format, store } => {
-            let run_store = open_run(&run, &store)?;
-            let plan = run_store.plan()?;
-            let records = run_store.records(&plan)?;
-            print!(
-                "{}",
-                report::render(&report::build(&plan, &records), format)
-            );
+        Command::Report {
+            runs,
+            format,
+            plots,
+            html,
+            store,
+        } => {
+            let mut sweeps = Vec::new();
+            for run in &runs {
+                let run_store = open_run(run, &store)?;
+                let plan = run_store.plan()?;
+                let records = run_store.records(&plan)?;
+                let built = report::build(&plan, &records);
+                sweeps.push((run_store, plan, records, built));
+            }
+            if let [(_, _, _, a), (_, _, _, b)] = &sweeps[..] {
+                print!("{}", report::compare(a, b, format == Format::Md));
+                return Ok(exit::SUCCESS);
+            }
+            let (run_store, plan, records, built) = &sweeps[0];
+            print!("{}", report::render(built, format));
+            if plots.is_none() && html.is_none() {
+                return Ok(exit::SUCCESS);
+            }
+            let figures = report::plots::figures(built, plan, records).map_err(|e| Error::Io {
+                context: "cannot draw the figures".into(),
+                source: std::io::Error::other(e),
+            })?;
+            if let Some(dir) = plots {
+                for figure in &figures {
+                    let png = report::plots::png(&figure.svg).map_err(|e| Error::Io {
+                        context: format!("cannot render {} as PNG", figure.name),
+                        source: std::io::Error::other(e),
+                    })?;
+                    write_atomic(
+                        &dir.join(format!("{}.svg", figure.name)),
+                        figure.svg.as_bytes(),
+                    )?;
+                    write_atomic(&dir.join(format!("{}.png", figure.name)), &png)?;
+                }
+                eprintln!("{} figure(s) written to {}", figures.len(), dir.display());
+            }
+            if let Some(file) = html {
+                let identity = run_store.saved_identity()?;
+                let page = report::html::Page {
+                    report: built,
+                    records,
+                    figures: &figures,
+                    spec_yaml: &run_store.spec_yaml()?,
+                    overrides: &run_store.overrides()?,
+                    identity: identity.as_ref(),
+                };
+                write_atomic(&file, report::html::render(&page).as_bytes())?;
+                eprintln!("page written to {}", file.display());
+            }
             Ok(exit::SUCCESS)
         }
         Command::Sync { run, to, store } => {

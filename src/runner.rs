@@ -102,7 +102,7 @@ pub fn run(
     let selected = select(plan, options.trial.as_deref())?;
     let store = RunStore::new(&options.store, &plan.name);
     let spec_yaml = serde_yaml::to_string(&loaded.spec).expect("specs serialise");
-    store.write_plan(&spec_yaml, plan)?;
+    store.write_plan(&spec_yaml, &loaded.overrides, plan)?;
     let identity = store.identity(|| SweepIdentity::new(git_commit(&loaded.file.path)))?;
     let target = tracking::Target::of(&loaded.spec);
     let sink = target

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <store>/<name>/spec.yaml                 resolved spec of the latest `run`
+//! <store>/<name>/overrides.json            its `--set` overrides
 //! <store>/<name>/plan.json                 its trial table
 //! <store>/<name>/sweep.json                the sweep's identity (made by its first `run`)
 //! <store>/<name>/trials/<id>.json          one record per ended trial
@@ -122,7 +123,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
+    // Readable by all, as files people open (reports, figures) should be.
+    use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .prefix(&temp_prefix(path))
         .tempfile_in(dir)
         .map_err(Error::io(format!("cannot write {}", path.display())))
@@ -239,9 +243,11 @@ impl RunStore {
         &self.root
     }
 
-    /// Saves the resolved spec and its plan.
-    pub fn write_plan(&self, spec_yaml: &str, plan: &Plan) -> Result<()> {
+    /// Saves the resolved spec, the `--set` overrides it came with, and its plan.
+    pub fn write_plan(&self, spec_yaml: &str, overrides: &[String], plan: &Plan) -> Result<()> {
         write_atomic(&self.root.join("spec.yaml"), spec_yaml.as_bytes())?;
+        let json = serde_json::to_vec_pretty(overrides).expect("strings serialise");
+        write_atomic(&self.root.join("overrides.json"), &json)?;
         let json = serde_json::to_vec_pretty(plan).expect("plans serialise");
         write_atomic(&self.root.join("plan.json"), &json)
     }
@@ -268,6 +274,21 @@ impl RunStore {
     /// The saved plan.
     pub fn plan(&self) -> Result<Plan> {
         read_json(&self.root.join("plan.json"))
+    }
+
+    /// The `--set` overrides of the latest `run` (none in a store made before they were kept).
+    pub fn overrides(&self) -> Result<Vec<String>> {
+        let path = self.root.join("overrides.json");
+        if !path.is_file() {
+            return Ok(Vec::new());
+        }
+        read_json(&path)
+    }
+
+    /// The sweep's identity, when a `run` made one.
+    pub fn saved_identity(&self) -> Result<Option<SweepIdentity>> {
+        let path = self.root.join("sweep.json");
+        path.is_file().then(|| read_json(&path)).transpose()
     }
 
     /// The resolved spec of the latest `run`, as saved.

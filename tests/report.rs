@@ -21,3 +21,136 @@ fn tables_and_statistics_of_a_fixed_store() {
         insta::assert_snapshot!(name, ran.stdout);
     }
 }
+
+#[test]
+fn comparing_two_sweeps_matches_their_rows() {
+    let test = Test::new();
+    let ran = test.run(&["report", FIXTURE, FIXTURE]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    insta::assert_snapshot!("fixture_compared_with_itself", ran.stdout);
+}
+
+#[test]
+fn figures_are_written_as_svg_and_png() {
+    let test = Test::new();
+    let ran = test.run(&["report", FIXTURE, "--plots", "figures"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    for name in ["accuracy-vs-depth", "gain-vs-size", "training-curves"] {
+        let svg = std::fs::read_to_string(test.join(&format!("figures/{name}.svg"))).unwrap();
+        assert!(svg.contains("<polyline"), "{name} has lines");
+        assert!(svg.contains("eval accuracy") || svg.contains("gain") || svg.contains("loss"));
+        let png = resvg::tiny_skia::Pixmap::load_png(test.join(&format!("figures/{name}.png")))
+            .unwrap_or_else(|e| panic!("{name}.png: {e}"));
+        assert!(
+            png.width() > 400 && png.height() > 300,
+            "{name}.png is drawn at size"
+        );
+        assert!(inked(&png) > 0.02, "{name}.png is not blank");
+    }
+}
+
+/// Share of pixels that are not white.
+fn inked(pixmap: &resvg::tiny_skia::Pixmap) -> f64 {
+    let pixels = pixmap.pixels();
+    let inked = pixels
+        .iter()
+        .filter(|p| p.alpha() > 0 && (p.red() < 240 || p.green() < 240 || p.blue() < 240))
+        .count();
+    inked as f64 / pixels.len() as f64
+}
+
+/// Whether some pixel has this colour (give or take anti-aliasing).
+fn has_colour(pixmap: &resvg::tiny_skia::Pixmap, (r, g, b): (u8, u8, u8)) -> bool {
+    pixmap.pixels().iter().any(|p| {
+        p.alpha() == 255
+            && p.red().abs_diff(r) < 8
+            && p.green().abs_diff(g) < 8
+            && p.blue().abs_diff(b) < 8
+    })
+}
+
+/// Runs Debian's Chromium headless (as the machine notes say it must run here).
+fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
+    let program = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(program).is_file(),
+        "{program} is missing: scripts/test installs Debian's chromium"
+    );
+    std::process::Command::new(program)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium runs")
+}
+
+#[test]
+fn the_html_page_renders_in_a_real_browser_with_every_table_and_figure() {
+    let test = Test::new();
+    let ran = test.run(&["report", FIXTURE, "--html", "page.html"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let page = test.join("page.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("<script"), "no JavaScript");
+    for fetch in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(
+            !html.contains(fetch),
+            "nothing fetched from the network: {fetch}"
+        );
+    }
+    let url = format!("file://{}", page.display());
+
+    let dom = chromium(&["--dump-dom", &url], &test.join("profile-dom"));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for id in ["results", "failed", "facts"] {
+        assert!(
+            dom.contains(&format!("<table id=\"{id}\"")),
+            "table {id} in the DOM"
+        );
+    }
+    // 8 result rows and a header; the failed trial; the spec.
+    let results = &dom[dom.find("<table id=\"results\"").unwrap()..];
+    let results = &results[..results.find("</table>").unwrap()];
+    assert_eq!(results.matches("<tr").count(), 9, "{results}");
+    assert!(dom.contains("training loss became NaN or infinite by step 40"));
+    assert!(dom.contains("target.train.per_class"), "the spec is shown");
+    for figure in ["accuracy-vs-depth", "gain-vs-size", "training-curves"] {
+        let at = dom
+            .find(&format!("<figure id=\"{figure}\""))
+            .unwrap_or_else(|| panic!("figure {figure} in the DOM"));
+        let svg = &dom[at..at + dom[at..].find("</figure>").unwrap()];
+        assert!(svg.contains("<svg"), "{figure} holds an SVG");
+        assert!(svg.matches("<polyline").count() >= 3, "{figure} has lines");
+    }
+
+    let shot = test.join("page.png");
+    let ran = chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2600",
+            &url,
+        ],
+        &test.join("profile-shot"),
+    );
+    let pixmap = resvg::tiny_skia::Pixmap::load_png(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&ran.stderr)
+        )
+    });
+    assert_eq!((pixmap.width(), pixmap.height()), (1400, 2600));
+    assert!(inked(&pixmap) > 0.03, "the page is not blank");
+    // Lines in the figures' colours: blue (transfer), vermillion (partial_freeze).
+    assert!(has_colour(&pixmap, (0, 114, 178)), "blue series drawn");
+    assert!(has_colour(&pixmap, (213, 94, 0)), "vermillion series drawn");
+}

@@ -2,6 +2,8 @@
 //! interval over seeds; the gain over `scratch` paired by seed; the best strategy and depths
 //! at each setting, with its statistical ties.
 
+pub mod html;
+pub mod plots;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -369,6 +371,139 @@ fn csv(report: &Report) -> String {
     out
 }
 
+/// Aligned columns (numbers to the right), or a Markdown table.
+fn grid(
+    header: &[String],
+    lines: &[Vec<String>],
+    numeric: impl Fn(usize) -> bool,
+    markdown: bool,
+) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let pad = |text: &str, c: usize| {
+        let fill = " ".repeat(widths[c] - text.chars().count());
+        if numeric(c) {
+            format!("{fill}{text}")
+        } else {
+            format!("{text}{fill}")
+        }
+    };
+    let join = |cells: &[String], separator: &str| {
+        (0..header.len())
+            .map(|c| pad(&cells[c], c))
+            .collect::<Vec<_>>()
+            .join(separator)
+    };
+    let mut out = String::new();
+    if markdown {
+        let _ = writeln!(out, "| {} |", join(header, " | "));
+        let rule: Vec<String> = (0..header.len())
+            .map(|c| {
+                if numeric(c) {
+                    format!("{}:", "-".repeat(widths[c] + 1))
+                } else {
+                    "-".repeat(widths[c] + 2)
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "|{}|", rule.join("|"));
+        for line in lines {
+            let _ = writeln!(out, "| {} |", join(line, " | "));
+        }
+    } else {
+        let _ = writeln!(out, "{}", join(header, "  ").trim_end());
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        let _ = writeln!(out, "{}", rule.join("  "));
+        for line in lines {
+            let _ = writeln!(out, "{}", join(line, "  ").trim_end());
+        }
+    }
+    out
+}
+
+/// Two sweeps side by side: rows matched by strategy, depths and setting.
+pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
+    let key = |report: &Report, row: &Row| {
+        (
+            row.strategy.clone(),
+            row.transfer_depth,
+            row.freeze_depth,
+            setting(&report.axes, &row.axes),
+        )
+    };
+    let mut keys: Vec<(String, usize, usize, String)> = Vec::new();
+    for (report, row) in a
+        .rows
+        .iter()
+        .map(|r| (a, r))
+        .chain(b.rows.iter().map(|r| (b, r)))
+    {
+        let k = key(report, row);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    fn find<'r>(
+        report: &'r Report,
+        k: &(String, usize, usize, String),
+        key: impl Fn(&Report, &Row) -> (String, usize, usize, String),
+    ) -> Option<&'r Row> {
+        report.rows.iter().find(|r| key(report, r) == *k)
+    }
+    let accuracy = |row: Option<&Row>| match row.and_then(|r| r.accuracy) {
+        Some(s) => format!("{:.4} {} (n={})", s.mean, half_width(Some(s)), s.n),
+        None => "-".into(),
+    };
+    let header: Vec<String> = [
+        "strategy".to_string(),
+        "t".into(),
+        "f".into(),
+        "setting".into(),
+        format!("A: {}", a.name),
+        format!("B: {}", b.name),
+        "B - A".into(),
+    ]
+    .to_vec();
+    let lines: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let (x, y) = (find(a, k, key), find(b, k, key));
+            let difference = match (x.and_then(|r| r.accuracy), y.and_then(|r| r.accuracy)) {
+                (Some(x), Some(y)) => format!("{:+.4}", y.mean - x.mean),
+                _ => "-".into(),
+            };
+            vec![
+                k.0.clone(),
+                k.1.to_string(),
+                k.2.to_string(),
+                k.3.clone(),
+                accuracy(x),
+                accuracy(y),
+                difference,
+            ]
+        })
+        .collect();
+    let title = format!(
+        "A: {} ({} of {} finished)  B: {} ({} of {} finished)",
+        a.name, a.finished, a.trials, b.name, b.finished, b.trials
+    );
+    let mut out = if markdown {
+        format!("**{title}**\n\n")
+    } else {
+        format!("{title}\n")
+    };
+    out += &grid(&header, &lines, |c| c == 1 || c == 2 || c >= 4, markdown);
+    out
+}
+
 fn text(report: &Report, markdown: bool) -> String {
     let mut header: Vec<String> = vec!["strategy".into(), "t".into(), "f".into()];
     header.extend(report.axes.iter().map(|a| short(a).to_string()));
@@ -414,60 +549,18 @@ fn text(report: &Report, markdown: bool) -> String {
         lines.push(line);
     }
     let numeric = |column: usize| column == 1 || column == 2 || column >= 3 + report.axes.len();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .chain([header[c].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let pad = |text: &str, c: usize| {
-        let fill = " ".repeat(widths[c] - text.chars().count());
-        if numeric(c) {
-            format!("{fill}{text}")
-        } else {
-            format!("{text}{fill}")
-        }
-    };
-    let join = |cells: &[String], separator: &str| {
-        (0..header.len())
-            .map(|c| pad(&cells[c], c))
-            .collect::<Vec<_>>()
-            .join(separator)
-    };
-    let mut out = String::new();
     let summary = format!(
         "{}: {} trials, {} finished, {} failed, {} not run",
         report.name, report.trials, report.finished, report.failed, report.missing
     );
-    if markdown {
-        let _ = writeln!(out, "**{summary}**\n");
-        let _ = writeln!(out, "| {} |", join(&header, " | "));
-        let rule: Vec<String> = (0..header.len())
-            .map(|c| {
-                if numeric(c) {
-                    format!("{}:", "-".repeat(widths[c] + 1))
-                } else {
-                    "-".repeat(widths[c] + 2)
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "|{}|", rule.join("|"));
-        for line in &lines {
-            let _ = writeln!(out, "| {} |", join(line, " | "));
-        }
-        out += "\n";
+    let mut out = if markdown {
+        format!("**{summary}**\n\n")
     } else {
-        let _ = writeln!(out, "{summary}");
-        let _ = writeln!(out, "{}", join(&header, "  ").trim_end());
-        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        let _ = writeln!(out, "{}", rule.join("  "));
-        for line in &lines {
-            let _ = writeln!(out, "{}", join(line, "  ").trim_end());
-        }
+        format!("{summary}\n")
+    };
+    out += &grid(&header, &lines, numeric, markdown);
+    if markdown {
+        out += "\n";
     }
     let _ = writeln!(
         out,

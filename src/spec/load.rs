@@ -94,6 +94,8 @@ pub struct LoadedSpec {
     pub spec: Spec,
     /// The YAML file.
     pub file: SpecFile,
+    /// The `--set` overrides, as given.
+    pub overrides: Vec<String>,
     figment: Figment,
 }
 
@@ -125,9 +127,9 @@ impl LoadedSpec {
 }
 
 /// Loads `path` with the environment and `--set` overrides on top.
-pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedSpec, InputError> {
+pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
     let file = SpecFile::read(path)?;
-    let overrides = Overrides::parse(overrides)?;
+    let overrides = Overrides::parse(given)?;
     let figment = Figment::new()
         .merge(Yaml::file_exact(path))
         .merge(MlflowEnv::read())
@@ -145,6 +147,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedSpec, InputError>
     Ok(LoadedSpec {
         spec,
         file,
+        overrides: given.to_vec(),
         figment,
     })
 }
