@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -21,22 +21,6 @@ fn spec() -> String {
         .replace("log_every: 20}", "log_every: 1}")
         .replace("seed: [0, 1]", "seed: [0, 1, 2, 3, 4]")
         + "checkpoints: true\n"
-}
-
-fn records(test: &Test) -> BTreeMap<String, Value> {
-    let dir = test.join("runs/small/trials");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return BTreeMap::new();
-    };
-    entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| {
-            let record: Value = serde_json::from_slice(&std::fs::read(&p).unwrap())
-                .unwrap_or_else(|e| panic!("{} is not whole: {e}", p.display()));
-            (record["id"].as_str().unwrap().to_string(), record)
-        })
-        .collect()
 }
 
 /// Names of the temporary files in a folder of the run store.
@@ -95,7 +79,7 @@ fn a_sweep_killed_at_random_moments_ends_with_every_record_once_and_whole() {
     let reference = Test::new().file("spec.yaml", spec());
     let ran = reference.run(&["run", "spec.yaml", "--device", "cpu"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let expected = records(&reference);
+    let expected = reference.records("small");
     assert_eq!(expected.len(), 40);
 
     let test = Test::new().file("spec.yaml", spec());
@@ -121,7 +105,7 @@ fn a_sweep_killed_at_random_moments_ends_with_every_record_once_and_whole() {
         // A temporary file left behind means the kill landed inside that write.
         mid_record += usize::from(!temps(&test, "trials").is_empty());
         mid_checkpoint += usize::from(!temps(&test, "checkpoints").is_empty());
-        let done = records(&test);
+        let done = test.records("small");
         assert!(done.values().all(|r| r["status"] == "finished"));
         if kills >= 30 {
             break;
@@ -139,7 +123,7 @@ fn a_sweep_killed_at_random_moments_ends_with_every_record_once_and_whole() {
 
     let ran = test.run(&["run", "spec.yaml", "--device", "cpu"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let got = records(&test);
+    let got = test.records("small");
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>()

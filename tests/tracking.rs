@@ -14,21 +14,6 @@ use serde_json::Value;
 /// A sweep whose trials take long enough to be interrupted in the middle.
 const SLOW: &str = "--set=train.steps=1500";
 
-fn records(test: &Test, name: &str) -> BTreeMap<String, Value> {
-    let dir = test.join(&format!("runs/{name}/trials"));
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return BTreeMap::new();
-    };
-    entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| {
-            let record: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-            (record["id"].as_str().unwrap().to_string(), record)
-        })
-        .collect()
-}
-
 /// The parent run and the children by trial id; panics when a trial has two runs.
 fn sweep_runs(api: &Api, experiment: &str) -> (Run, BTreeMap<String, Run>) {
     let runs = api.runs(experiment);
@@ -167,7 +152,7 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
     );
 
     let api = Api::new(uri);
-    let records = records(&test, "small");
+    let records = test.records("small");
     assert_eq!(records.len(), 16);
     let parent = assert_uploaded(&api, &experiment, &records);
     assert_eq!(parent.info("status"), "FINISHED");
@@ -224,7 +209,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// Waits until the sweep has `n` records, checking the process still runs.
 fn wait_for_records(test: &Test, child: &mut std::process::Child, n: usize) {
     let started = Instant::now();
-    while records(test, "small").len() < n {
+    while test.records("small").len() < n {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "no record came"
@@ -265,7 +250,8 @@ fn ctrl_c_marks_runs_killed_and_a_resumed_sweep_finishes_them() {
         "{stderr}"
     );
 
-    let interrupted: Vec<String> = records(&test, "small")
+    let interrupted: Vec<String> = test
+        .records("small")
         .into_iter()
         .filter(|(_, r)| r["status"] == "interrupted")
         .map(|(id, _)| id)
@@ -282,7 +268,7 @@ fn ctrl_c_marks_runs_killed_and_a_resumed_sweep_finishes_them() {
 
     let ran = test.run(&args);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let records = records(&test, "small");
+    let records = test.records("small");
     assert!(records.values().all(|r| r["status"] == "finished"));
     let parent = assert_uploaded(&api, &experiment, &records);
     assert_eq!(parent.info("status"), "FINISHED");
@@ -310,7 +296,7 @@ fn a_server_down_at_the_start_costs_nothing_and_sync_uploads_later() {
         "{}",
         ran.stderr
     );
-    assert_eq!(records(&test, "small").len(), 16);
+    assert_eq!(test.records("small").len(), 16);
 
     for (time, expected) in [
         (1, "16 trial(s) uploaded, 0 already there"),
@@ -324,7 +310,7 @@ fn a_server_down_at_the_start_costs_nothing_and_sync_uploads_later() {
             synced.stderr
         );
     }
-    let parent = assert_uploaded(&Api::new(uri), &experiment, &records(&test, "small"));
+    let parent = assert_uploaded(&Api::new(uri), &experiment, &test.records("small"));
     assert_eq!(parent.info("status"), "FINISHED");
 }
 
@@ -351,7 +337,7 @@ fn a_server_killed_mid_sweep_loses_nothing_and_sync_twice_uploads_each_trial_onc
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("not uploaded"), "{stderr}");
     assert_eq!(
-        records(&test, "small").len(),
+        test.records("small").len(),
         16,
         "the sweep finished locally"
     );
@@ -361,11 +347,7 @@ fn a_server_killed_mid_sweep_loses_nothing_and_sync_twice_uploads_each_trial_onc
         let synced = test.run(&["sync", "runs/small"]);
         assert_eq!(synced.code, 0, "sync {time}: {}", synced.stderr);
     }
-    let parent = assert_uploaded(
-        &Api::new(&server.uri),
-        &experiment,
-        &records(&test, "small"),
-    );
+    let parent = assert_uploaded(&Api::new(&server.uri), &experiment, &test.records("small"));
     assert_eq!(parent.info("status"), "FINISHED");
 }
 
@@ -409,7 +391,7 @@ fn a_value_the_server_rejects_is_reported_with_its_key_and_the_sweep_goes_on() {
         "{}",
         ran.stderr
     );
-    assert_eq!(records(&test, "small").len(), 8);
+    assert_eq!(test.records("small").len(), 8);
 
     let synced = test.run(&["sync", "runs/small"]);
     assert_eq!(

@@ -316,6 +316,17 @@ pub fn render(report: &Report, format: Format) -> String {
     }
 }
 
+/// Strategy, t, f and the axes' values: the cells that name a row.
+fn row_key_cells(row: &Row) -> Vec<String> {
+    let mut cells = vec![
+        row.strategy.clone(),
+        row.transfer_depth.to_string(),
+        row.freeze_depth.to_string(),
+    ];
+    cells.extend(row.axes.iter().map(cell));
+    cells
+}
+
 fn csv(report: &Report) -> String {
     let mut header: Vec<String> = vec!["strategy".into(), "t".into(), "f".into()];
     header.extend(report.axes.iter().cloned());
@@ -345,12 +356,7 @@ fn csv(report: &Report) -> String {
     };
     let mut out = header.join(",") + "\n";
     for row in &report.rows {
-        let mut line = vec![
-            row.strategy.clone(),
-            row.transfer_depth.to_string(),
-            row.freeze_depth.to_string(),
-        ];
-        line.extend(row.axes.iter().map(cell));
+        let mut line = row_key_cells(row);
         line.extend([
             row.count.to_string(),
             row.failed.to_string(),
@@ -520,12 +526,7 @@ fn text(report: &Report, markdown: bool) -> String {
     );
     let mut lines: Vec<Vec<String>> = Vec::new();
     for row in &report.rows {
-        let mut line = vec![
-            row.strategy.clone(),
-            row.transfer_depth.to_string(),
-            row.freeze_depth.to_string(),
-        ];
-        line.extend(row.axes.iter().map(cell));
+        let mut line = row_key_cells(row);
         let mut n = row.count.to_string();
         if row.failed > 0 {
             n += &format!(" ({} failed)", row.failed);

@@ -360,69 +360,42 @@ impl Client {
         metrics: &[Metric],
         tags: &[(String, String)],
     ) -> Result<(), TrackingError> {
-        let batch = |params: &[(String, String)],
-                     metrics: &[Metric],
-                     tags: &[(String, String)]|
-         -> Result<(), TrackingError> {
-            let body = json!({
-                "run_id": run_id,
-                "params": key_values(params),
-                "metrics": metrics.iter().map(metric_json).collect::<Vec<_>>(),
-                "tags": key_values(tags),
-            });
-            self.post::<Value>(what, "runs/log-batch", &body).map(drop)
-        };
-        let one_by_one = |error: TrackingError, kind: &str, keys: Vec<(&str, Value)>| {
-            if keys.len() <= 1 {
-                return Err(name_key(error, kind, keys.first().map(|k| k.0)));
-            }
-            for (key, item) in keys {
+        fn pair((k, v): &(String, String)) -> (&str, Value) {
+            (k.as_str(), json!({ "key": k, "value": v }))
+        }
+        // (field of the call, items per call, (key, item) pairs)
+        type Kind<'a> = (&'a str, usize, Vec<(&'a str, Value)>);
+        let kinds: [Kind; 3] = [
+            ("params", MAX_PARAMS, params.iter().map(pair).collect()),
+            (
+                "metrics",
+                MAX_METRICS,
+                metrics
+                    .iter()
+                    .map(|m| (m.key.as_str(), metric_json(m)))
+                    .collect(),
+            ),
+            ("tags", MAX_TAGS, tags.iter().map(pair).collect()),
+        ];
+        for (kind, limit, items) in kinds {
+            let send = |items: &[(&str, Value)]| {
                 let mut body = json!({ "run_id": run_id });
-                body[kind] = json!([item]);
-                if let Err(e) = self.post::<Value>(what, "runs/log-batch", &body) {
-                    return Err(name_key(e, kind, Some(key)));
+                body[kind] = items.iter().map(|(_, item)| item.clone()).collect();
+                self.post::<Value>(what, "runs/log-batch", &body).map(drop)
+            };
+            for chunk in items.chunks(limit) {
+                match send(chunk) {
+                    Ok(()) => {}
+                    Err(error @ TrackingError::Rejected { .. }) => {
+                        for item in chunk {
+                            send(std::slice::from_ref(item))
+                                .map_err(|e| name_key(e, kind, item.0))?;
+                        }
+                        return Err(error);
+                    }
+                    Err(error) => return Err(error),
                 }
             }
-            Err(error)
-        };
-        for chunk in params.chunks(MAX_PARAMS) {
-            batch(chunk, &[], &[]).or_else(|e| match e {
-                TrackingError::Rejected { .. } => one_by_one(
-                    e,
-                    "params",
-                    chunk
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), json!({"key": k, "value": v})))
-                        .collect(),
-                ),
-                e => Err(e),
-            })?;
-        }
-        for chunk in metrics.chunks(MAX_METRICS) {
-            batch(&[], chunk, &[]).or_else(|e| match e {
-                TrackingError::Rejected { .. } => one_by_one(
-                    e,
-                    "metrics",
-                    chunk
-                        .iter()
-                        .map(|m| (m.key.as_str(), metric_json(m)))
-                        .collect(),
-                ),
-                e => Err(e),
-            })?;
-        }
-        for chunk in tags.chunks(MAX_TAGS) {
-            batch(&[], &[], chunk).or_else(|e| match e {
-                TrackingError::Rejected { .. } => one_by_one(
-                    e,
-                    "tags",
-                    chunk
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), json!({"key": k, "value": v})))
-                        .collect(),
-                ),
-                e => Err(e),
-            })?;
         }
         Ok(())
     }
@@ -500,13 +473,13 @@ fn metric_json(metric: &Metric) -> Value {
     json!({ "key": metric.key, "value": value, "timestamp": metric.timestamp, "step": metric.step })
 }
 
-fn name_key(error: TrackingError, kind: &str, key: Option<&str>) -> TrackingError {
-    match (error, key) {
-        (TrackingError::Rejected { what, message }, Some(key)) => TrackingError::Rejected {
+fn name_key(error: TrackingError, kind: &str, key: &str) -> TrackingError {
+    match error {
+        TrackingError::Rejected { what, message } => TrackingError::Rejected {
             what: format!("{what}: {} `{key}`", kind.trim_end_matches('s')),
             message,
         },
-        (error, _) => error,
+        error => error,
     }
 }
 

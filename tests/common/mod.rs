@@ -92,6 +92,26 @@ impl Test {
     }
 }
 
+impl Test {
+    /// The records in sweep `name`'s run store folder, by trial id; panics on one that is
+    /// not whole JSON.
+    pub fn records(&self, name: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let dir = self.join(&format!("runs/{name}/trials"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Default::default();
+        };
+        entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| {
+                let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap())
+                    .unwrap_or_else(|e| panic!("{} is not whole: {e}", p.display()));
+                (record["id"].as_str().unwrap().to_string(), record)
+            })
+            .collect()
+    }
+}
+
 /// A small, fast sweep on the built-in generated data: 2 strategies x 2 sizes x 2 seeds
 /// plus depth variants; a few seconds on 2 cores.
 pub const SMALL_SWEEP: &str = r#"name: small
