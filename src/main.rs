@@ -73,9 +73,10 @@ enum Command {
         #[arg(long, default_value = "runs", env = "XFERLAB_STORE")]
         store: PathBuf,
     },
-    /// Result tables of a sweep: mean, std and 95% interval over seeds, gain over scratch
-    /// paired by seed, the best strategy and depth per setting; figures and an HTML page.
+    /// Result tables of a sweep, its figures and an HTML page; or two sweeps compared.
     ///
+    /// Per group of trials: mean, std and 95% interval over seeds, the gain over scratch
+    /// paired by seed, and the best strategy and depth at each setting, with its ties.
     /// With two sweeps (RUN_A RUN_B), compares them side by side.
     Report {
         /// A sweep folder (runs/NAME) or the spec that made it; a second one to compare.
