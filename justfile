@@ -16,12 +16,12 @@ validate SPEC *ARGS:
 plan SPEC *ARGS:
     cargo run --release -- plan {{SPEC}} {{ARGS}}
 
-# Result table of a sweep folder (runs/NAME) or spec: just report runs/quickstart --format md
+# Result tables of a sweep folder or spec: just report runs/quickstart --html page.html
 report RUN *ARGS:
     cargo run --release -- report {{RUN}} {{ARGS}}
 
-# A local MLflow tracking server on 127.0.0.1:PORT (SQLite store and artifacts in .mlflow/).
 # Then: MLFLOW_TRACKING_URI=http://127.0.0.1:5000 just sweep experiments/quickstart.yaml
+# A local MLflow tracking server on 127.0.0.1:PORT (SQLite store and artifacts in .mlflow/).
 mlflow PORT="5000":
     mkdir -p .mlflow
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "$(scripts/mlflow-venv)" server --host 127.0.0.1 --port {{PORT}} --workers 1 --backend-store-uri "sqlite:///$PWD/.mlflow/mlflow.db" --artifacts-destination "$PWD/.mlflow/artifacts"
@@ -38,9 +38,9 @@ test *ARGS:
 schema:
     cargo run --release -- schema > schemas/experiment.schema.json
 
-# Fuzz the spec loader, the --set parser and the planner for SECONDS: first the bounded
-# property test with many cases, then coverage-guided libFuzzer through cargo-fuzz
-# (`cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain build it).
+# First the bounded property test with many cases, then coverage-guided libFuzzer through
+# cargo-fuzz (`cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain build it).
+# Fuzz the spec loader, the --set parser and the planner for SECONDS.
 fuzz SECONDS="600":
     FUZZ_CASES=100000 cargo test --test fuzz_spec -- --nocapture
     mkdir -p fuzz/corpus/spec_loader
