@@ -101,7 +101,12 @@ pub fn run(
 ) -> Result<Summary> {
     let selected = select(plan, options.trial.as_deref())?;
     let store = RunStore::new(&options.store, &plan.name);
-    let spec_yaml = serde_yaml::to_string(&loaded.spec).expect("specs serialise");
+    // Credentials written into a tracking address stay out of the store (and its uploads).
+    let mut saved = loaded.spec.clone();
+    if let Some(mlflow) = saved.tracking.as_mut().and_then(|t| t.mlflow.as_mut()) {
+        mlflow.uri = tracking::mlflow::redact(&mlflow.uri);
+    }
+    let spec_yaml = serde_yaml::to_string(&saved).expect("specs serialise");
     store.write_plan(&spec_yaml, &loaded.overrides, plan)?;
     let identity = store.identity(|| SweepIdentity::new(git_commit(&loaded.file.path)))?;
     let target = tracking::Target::of(&loaded.spec);

@@ -110,7 +110,11 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
     let secret = "s3cret-token-4711";
     let test = Test::new()
         .file("spec.yaml", SMALL_SWEEP)
-        .env("MLFLOW_TRACKING_URI", uri)
+        // A password in the address too: it must not reach the store either.
+        .env(
+            "MLFLOW_TRACKING_URI",
+            &uri.replace("http://", &format!("http://ann:{secret}@")),
+        )
         .env("MLFLOW_TRACKING_TOKEN", secret);
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")
