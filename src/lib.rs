@@ -3,7 +3,9 @@
 //! Data flows one way: spec → plan → runner → train → store → report.
 
 pub mod data;
+pub mod device;
 pub mod error;
+pub mod features;
 pub mod interrupt;
 pub mod model;
 pub mod optim;

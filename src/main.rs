@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use xferlab::data::Catalog;
+use xferlab::device::DeviceChoice;
 use xferlab::error::{Error, InputError};
 use xferlab::plan::{self, Plan};
 use xferlab::report::{self, Format};
@@ -63,9 +64,24 @@ enum Command {
     Run {
         #[command(flatten)]
         spec: SpecArgs,
-        /// Where tensors live: cpu, cuda, cuda:N, or auto (a GPU when there is one).
-        #[arg(long, default_value = "auto")]
-        device: String,
+        /// Where tensors live: cpu, cuda, cuda:N, or auto (a GPU when the binary has CUDA and
+        /// one answers, else the CPU). Default: the spec's `device`, else auto.
+        #[arg(long, value_name = "DEVICE", value_parser = device_choice)]
+        device: Option<DeviceChoice>,
+        /// Trials run at once. One small trial leaves a big GPU mostly idle: try 4-8 there.
+        /// Records do not depend on it.
+        #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256), env = "XFERLAB_JOBS")]
+        jobs: u16,
+        /// MiB of frozen-block outputs kept in device memory and reused across epochs,
+        /// evaluation and trials that share the source model, freeze_depth and data; 0 runs
+        /// frozen blocks every step. A trial whose features do not fit runs them every step.
+        #[arg(
+            long,
+            value_name = "MIB",
+            default_value_t = 4096,
+            env = "XFERLAB_FEATURE_CACHE_MB"
+        )]
+        feature_cache_mb: usize,
         /// Run only this trial: its index in the plan, or its id (a unique prefix will do).
         #[arg(long, value_name = "ID|INDEX")]
         trial: Option<String>,
@@ -181,14 +197,21 @@ fn execute(command: Command) -> Result<u8, Error> {
         Command::Run {
             spec,
             device,
+            jobs,
+            feature_cache_mb,
             trial,
             store,
         } => {
             let (loaded, catalog, plan) = prepare(&spec)?;
-            let device = runner::parse_device(&device)?;
+            let device = match device {
+                Some(choice) => choice,
+                None => loaded.spec.device.as_deref().unwrap_or("auto").parse()?,
+            };
             let options = RunOptions {
                 store: store.clone(),
-                device,
+                device: device.open()?,
+                jobs: usize::from(jobs),
+                cache_bytes: feature_cache_mb << 20,
                 trial,
             };
             let summary = runner::run(&loaded, &plan, &catalog, &options)?;
@@ -321,6 +344,12 @@ fn execute(command: Command) -> Result<u8, Error> {
             Ok(exit::SUCCESS)
         }
     }
+}
+
+/// `--device`'s value, with clap's own error layout.
+fn device_choice(name: &str) -> Result<DeviceChoice, String> {
+    name.parse()
+        .map_err(|e: InputError| format!("{}; use {}", e.message, xferlab::device::CHOICES))
 }
 
 /// A sweep folder, or the folder of the sweep a spec file names.

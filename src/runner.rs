@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::Device;
@@ -11,10 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::data::Catalog;
 use crate::error::{Error, InputError, Result};
+use crate::features::{self, FeatureCache};
 use crate::model::Network;
 use crate::plan::{Plan, Trial};
 use crate::source::Sources;
-use crate::spec::LoadedSpec;
+use crate::spec::{DataSelection, LoadedSpec};
 use crate::store::{RunStore, Status, SweepIdentity, Timings, TrialRecord};
 use crate::tracking::{self, Sink, SweepStatus};
 use crate::train::{self, Fit};
@@ -25,6 +28,10 @@ pub struct RunOptions {
     pub store: PathBuf,
     /// Where tensors live.
     pub device: Device,
+    /// Trials run at once on the device.
+    pub jobs: usize,
+    /// Bytes of frozen-prefix features kept for reuse across trials (0: none).
+    pub cache_bytes: usize,
     /// Run only this trial (an id, an id prefix, or a plan index).
     pub trial: Option<String>,
 }
@@ -52,15 +59,6 @@ pub struct Summary {
 pub fn derive_seed(seed: u64, purpose: &str) -> u64 {
     let digest = Sha256::digest(format!("{seed}/{purpose}").as_bytes());
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-/// Name of a device for records.
-pub fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
 }
 
 /// The trials `--trial` picks: one by index, id or unique id prefix; all when absent.
@@ -126,57 +124,60 @@ pub fn run(
         }
     }
     let progress = Progress::new(pending.len() as u64, summary.already_done);
-    let mut sources = Sources::new(&options.store, &options.device);
-    for trial in pending {
-        if crate::interrupt::requested() {
-            summary.interrupted = true;
-            break;
-        }
-        let Some(_lock) = store.try_lock_trial(&trial.id)? else {
-            summary.busy += 1;
-            progress.say(&format!(
-                "trial {} is being run by another process: skipped",
-                trial.id
-            ));
-            progress.advance();
-            continue;
-        };
-        // Another process may have finished it between the scan and the lock.
-        if store
-            .record(&trial.id)?
-            .is_some_and(|r| r.status == Status::Finished)
-        {
-            summary.already_done += 1;
-            progress.advance();
-            continue;
-        }
-        progress.start(trial);
-        tracing::info!(trial = %trial.id, strategies = ?trial.strategies, t = trial.config.transfer_depth, f = trial.config.freeze_depth, "trial started");
-        let record = run_trial(
-            trial,
-            catalog,
-            &mut sources,
-            &store,
-            loaded.spec.checkpoints,
-            &options.device,
-            &|m| progress.say(m),
-        )?;
-        store.write_record(&record)?;
-        tracing::info!(trial = %record.id, status = ?record.status, eval = ?record.eval, error = ?record.error, "trial recorded");
-        if let Some(sink) = &sink {
-            sink.trial(&record);
-        }
-        progress.done(&record);
-        match record.status {
-            Status::Finished => summary.finished += 1,
-            Status::Failed => summary.failed += 1,
-            Status::Interrupted => {
-                summary.interrupted = true;
+    let shared = Shared {
+        catalog,
+        sources: Mutex::new(Sources::new(&options.store, &options.device)),
+        cache: FeatureCache::new(options.cache_bytes),
+        store: &store,
+        checkpoints: loaded.spec.checkpoints,
+        device: &options.device,
+        progress: &progress,
+    };
+    let queue = Mutex::new(pending.into_iter());
+    let tally = Mutex::new((summary, None::<Error>));
+    // Each job takes the next trial until none is left, one fails the sweep, or Ctrl-C.
+    let job = || {
+        loop {
+            let stopping = tally.lock().expect("tally lock").1.is_some();
+            if stopping || crate::interrupt::requested() {
                 break;
             }
+            let Some(trial) = queue.lock().expect("queue lock").next() else {
+                break;
+            };
+            let outcome = shared.run(trial);
+            let mut tally = tally.lock().expect("tally lock");
+            match outcome {
+                Ok(record) => {
+                    if let Some(sink) = &sink {
+                        sink.trial(&record);
+                    }
+                    match record.status {
+                        Status::Finished => tally.0.finished += 1,
+                        Status::Failed => tally.0.failed += 1,
+                        Status::Interrupted => tally.0.interrupted = true,
+                    }
+                }
+                Err(Skipped::Busy) => tally.0.busy += 1,
+                Err(Skipped::Done) => tally.0.already_done += 1,
+                Err(Skipped::Error(e)) => {
+                    tally.1.get_or_insert(e);
+                }
+            }
         }
-    }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..options.jobs.max(1) {
+            scope.spawn(job);
+        }
+        job();
+    });
+    let (mut summary, error) = tally.into_inner().expect("tally lock");
+    summary.interrupted |= crate::interrupt::requested();
     progress.finish();
+    if let Some(error) = error {
+        return Err(error);
+    }
     if let (Some(sink), Some(target)) = (sink, &target) {
         let records = store.records(plan)?;
         let status = SweepStatus::of(plan, &records, summary.interrupted);
@@ -204,119 +205,193 @@ fn git_commit(file: &Path) -> Option<String> {
     (output.status.success() && !commit.is_empty()).then_some(commit)
 }
 
-fn run_trial(
-    trial: &Trial,
-    catalog: &Catalog,
-    sources: &mut Sources,
-    store: &RunStore,
-    save_checkpoint: bool,
-    device: &Device,
-    say: &dyn Fn(&str),
-) -> Result<TrialRecord> {
-    let config = &trial.config;
-    let started = Instant::now();
-    let started_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut record = TrialRecord {
-        id: trial.id.clone(),
-        index: trial.index,
-        strategies: trial.strategies.clone(),
-        transfer_depth: config.transfer_depth,
-        freeze_depth: config.freeze_depth,
-        axes: trial.axes.clone(),
-        status: Status::Failed,
-        error: None,
-        eval: None,
-        curve: Vec::new(),
-        steps: 0,
-        timings: Timings {
-            started_at,
-            setup_seconds: 0.0,
-            train_seconds: 0.0,
-            eval_seconds: 0.0,
-        },
-        device: device_name(device),
-        source: None,
-        xferlab_version: env!("CARGO_PKG_VERSION").to_string(),
-        config: config.clone(),
-    };
-    let outcome = (|| -> Result<()> {
-        let train_data = catalog.select(
-            &config.target.train,
-            derive_seed(config.seed, "target.train"),
-            device,
-        )?;
-        let eval_data = catalog.select(
-            &config.target.eval,
-            derive_seed(config.seed, "target.eval"),
-            device,
-        )?;
-        let shape = catalog.shape(&config.target.train.dataset)?;
-        let net = Network::new(
-            &config.model,
-            shape,
-            train_data.classes,
-            derive_seed(config.seed, "init"),
-            device,
-        )?;
-        if config.transfer_depth > 0 {
-            let source = sources.get(config, catalog, say)?;
-            net.transfer_from(&source.tensors, config.transfer_depth)
-                .map_err(|m| InputError::new(format!("source model {} {m}", source.label)))?;
-            record.source = Some(source.label.clone());
+/// What every job of a sweep shares.
+struct Shared<'a> {
+    catalog: &'a Catalog,
+    sources: Mutex<Sources>,
+    cache: FeatureCache,
+    store: &'a RunStore,
+    checkpoints: bool,
+    device: &'a Device,
+    progress: &'a Progress,
+}
+
+/// Why a job did not run a trial.
+enum Skipped {
+    /// Another process holds its lock.
+    Busy,
+    /// Another process finished it since the scan.
+    Done,
+    /// Something that stops the sweep: bad input, a run store that cannot be written.
+    Error(Error),
+}
+
+impl From<Error> for Skipped {
+    fn from(error: Error) -> Self {
+        Skipped::Error(error)
+    }
+}
+
+impl Shared<'_> {
+    /// Runs one trial under its lock and writes its record.
+    fn run(&self, trial: &Trial) -> std::result::Result<TrialRecord, Skipped> {
+        let Some(_lock) = self.store.try_lock_trial(&trial.id)? else {
+            self.progress.say(&format!(
+                "trial {} is being run by another process: skipped",
+                trial.id
+            ));
+            self.progress.advance();
+            return Err(Skipped::Busy);
+        };
+        if self
+            .store
+            .record(&trial.id)?
+            .is_some_and(|r| r.status == Status::Finished)
+        {
+            self.progress.advance();
+            return Err(Skipped::Done);
         }
-        record.timings.setup_seconds = started.elapsed().as_secs_f64();
-        let training = Instant::now();
-        let fit = train::fit(
-            &net,
-            &train_data,
-            &config.train,
-            config.freeze_depth,
-            derive_seed(config.seed, "batches"),
-        )?;
-        record.timings.train_seconds = training.elapsed().as_secs_f64();
-        record.steps = train::step_count(&config.train, train_data.targets.dim(0)?);
-        match fit {
-            Fit::Done(curve) => record.curve = curve,
-            Fit::Interrupted { step, curve } => {
-                record.curve = curve;
-                record.steps = step;
+        self.progress.start(trial);
+        tracing::info!(trial = %trial.id, strategies = ?trial.strategies, t = trial.config.transfer_depth, f = trial.config.freeze_depth, "trial started");
+        let record = self.trial(trial)?;
+        self.store.write_record(&record)?;
+        tracing::info!(trial = %record.id, status = ?record.status, eval = ?record.eval, error = ?record.error, "trial recorded");
+        self.progress.done(&record);
+        Ok(record)
+    }
+
+    fn trial(&self, trial: &Trial) -> Result<TrialRecord> {
+        let (catalog, device) = (self.catalog, self.device);
+        let config = &trial.config;
+        let started = Instant::now();
+        let started_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut record = TrialRecord {
+            id: trial.id.clone(),
+            index: trial.index,
+            strategies: trial.strategies.clone(),
+            transfer_depth: config.transfer_depth,
+            freeze_depth: config.freeze_depth,
+            axes: trial.axes.clone(),
+            status: Status::Failed,
+            error: None,
+            eval: None,
+            curve: Vec::new(),
+            steps: 0,
+            timings: Timings {
+                started_at,
+                setup_seconds: 0.0,
+                train_seconds: 0.0,
+                eval_seconds: 0.0,
+            },
+            device: crate::device::name(device),
+            source: None,
+            xferlab_version: env!("CARGO_PKG_VERSION").to_string(),
+            config: config.clone(),
+        };
+        let outcome = (|| -> Result<()> {
+            let train_data = catalog.select(
+                &config.target.train,
+                derive_seed(config.seed, "target.train"),
+                device,
+            )?;
+            let eval_data = catalog.select(
+                &config.target.eval,
+                derive_seed(config.seed, "target.eval"),
+                device,
+            )?;
+            let shape = catalog.shape(&config.target.train.dataset)?;
+            let net = Network::new(
+                &config.model,
+                shape,
+                train_data.classes,
+                derive_seed(config.seed, "init"),
+                device,
+            )?;
+            let (mut train_features, mut eval_features) = (None, None);
+            if config.transfer_depth > 0 {
+                let source =
+                    (self.sources.lock().expect("sources lock"))
+                        .get(config, catalog, &|m| self.progress.say(m))?;
+                net.transfer_from(&source.tensors, config.transfer_depth)
+                    .map_err(|m| InputError::new(format!("source model {} {m}", source.label)))?;
+                record.source = Some(source.label.clone());
+                let features = |selection: &DataSelection, data| {
+                    let key = features::Key {
+                        source: source.label.clone(),
+                        depth: config.freeze_depth,
+                        data: serde_json::json!([
+                            selection.dataset,
+                            selection.split,
+                            config.datasets[&selection.dataset]
+                        ])
+                        .to_string(),
+                    };
+                    self.cache.features(key, &net, data)
+                };
+                train_features = features(&config.target.train, &train_data)?;
+                eval_features = features(&config.target.eval, &eval_data)?;
+            }
+            record.timings.setup_seconds = started.elapsed().as_secs_f64();
+            let training = Instant::now();
+            let fit = train::fit(
+                &net,
+                &train_data,
+                train_features.as_ref(),
+                &config.train,
+                config.freeze_depth,
+                derive_seed(config.seed, "batches"),
+            )?;
+            record.timings.train_seconds = training.elapsed().as_secs_f64();
+            record.steps = train::step_count(&config.train, train_data.targets.dim(0)?);
+            match fit {
+                Fit::Done(curve) => record.curve = curve,
+                Fit::Interrupted { step, curve } => {
+                    record.curve = curve;
+                    record.steps = step;
+                    record.status = Status::Interrupted;
+                    record.error = Some(format!("interrupted by Ctrl-C after step {step}"));
+                    return Ok(());
+                }
+                Fit::Diverged { step, curve } => {
+                    record.curve = curve;
+                    record.steps = step;
+                    record.error = Some(format!(
+                        "training loss became NaN or infinite by step {step}"
+                    ));
+                    return Ok(());
+                }
+            }
+            let evaluating = Instant::now();
+            record.eval = Some(train::evaluate(
+                &net,
+                &eval_data,
+                eval_features.as_ref(),
+                config.freeze_depth,
+            )?);
+            record.timings.eval_seconds = evaluating.elapsed().as_secs_f64();
+            if self.checkpoints {
+                self.store
+                    .write_checkpoint(&trial.id, |path| net.save(path))?;
+            }
+            record.status = Status::Finished;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => Ok(record),
+            // Bad input and a store that cannot be written (full disk) stop the sweep; anything
+            // else fails only this trial.
+            Err(e @ (Error::Input(_) | Error::Io { .. })) => Err(e),
+            Err(Error::Interrupted) => {
                 record.status = Status::Interrupted;
-                record.error = Some(format!("interrupted by Ctrl-C after step {step}"));
-                return Ok(());
+                record.error = Some("interrupted by Ctrl-C while preparing the trial".into());
+                Ok(record)
             }
-            Fit::Diverged { step, curve } => {
-                record.curve = curve;
-                record.steps = step;
-                record.error = Some(format!(
-                    "training loss became NaN or infinite by step {step}"
-                ));
-                return Ok(());
+            Err(e) => {
+                record.error = Some(e.to_string());
+                Ok(record)
             }
-        }
-        let evaluating = Instant::now();
-        record.eval = Some(train::evaluate(&net, &eval_data)?);
-        record.timings.eval_seconds = evaluating.elapsed().as_secs_f64();
-        if save_checkpoint {
-            store.write_checkpoint(&trial.id, |path| net.save(path))?;
-        }
-        record.status = Status::Finished;
-        Ok(())
-    })();
-    match outcome {
-        Ok(()) => Ok(record),
-        // Bad input and a store that cannot be written (full disk) stop the sweep; anything
-        // else fails only this trial.
-        Err(e @ (Error::Input(_) | Error::Io { .. })) => Err(e),
-        Err(Error::Interrupted) => {
-            record.status = Status::Interrupted;
-            record.error = Some("interrupted by Ctrl-C while preparing the trial".into());
-            Ok(record)
-        }
-        Err(e) => {
-            record.error = Some(e.to_string());
-            Ok(record)
         }
     }
 }
@@ -325,7 +400,7 @@ fn run_trial(
 struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
-    done: std::cell::Cell<u64>,
+    done: AtomicU64,
 }
 
 impl Progress {
@@ -346,7 +421,7 @@ impl Progress {
         Progress {
             bar,
             total,
-            done: std::cell::Cell::new(0),
+            done: AtomicU64::new(0),
         }
     }
 
@@ -368,15 +443,16 @@ impl Progress {
         }
     }
 
-    fn advance(&self) {
-        self.done.set(self.done.get() + 1);
+    /// Counts one more trial dealt with; returns how many are.
+    fn advance(&self) -> u64 {
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }
+        self.done.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn done(&self, record: &TrialRecord) {
-        self.advance();
+        let done = self.advance();
         let error = record.error.as_deref().unwrap_or("no reason given");
         let result = match (record.status, &record.eval) {
             (Status::Finished, Some(eval)) => format!("accuracy {:.4}", eval.accuracy),
@@ -393,7 +469,7 @@ impl Progress {
             .collect();
         self.say(&format!(
             "[{}/{}] {} {} t={} f={} {} {result} ({seconds:.1}s)",
-            self.done.get(),
+            done,
             self.total,
             record.id,
             record.strategies.join("="),
@@ -407,26 +483,5 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-    }
-}
-
-/// The device `--device` names: `cpu`, `cuda`, `cuda:N`, or `auto` (a GPU when the binary has
-/// CUDA and one answers, else the CPU).
-pub fn parse_device(name: &str) -> Result<Device, InputError> {
-    let cuda = |ordinal: usize| {
-        Device::new_cuda(ordinal).map_err(|e| {
-            InputError::new(format!("cannot use CUDA device {ordinal}: {e}"))
-                .with_help("xferlab uses CUDA only when built with `--features cuda` (`just build-gpu`) on a machine with a GPU; use --device cpu")
-        })
-    };
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
-        "cuda" => cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(ordinal) => cuda(ordinal),
-            None => Err(InputError::new(format!("unknown device `{other}`"))
-                .with_help("use cpu, cuda, cuda:N or auto")),
-        },
     }
 }

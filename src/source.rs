@@ -124,7 +124,7 @@ impl Sources {
                 pretrain.seed,
                 &self.device,
             )?;
-            let curve = match train::fit(&net, &data, &pretrain.train, 0, pretrain.seed)? {
+            let curve = match train::fit(&net, &data, None, &pretrain.train, 0, pretrain.seed)? {
                 Fit::Done(curve) => curve,
                 Fit::Interrupted { .. } => return Err(Error::Interrupted),
                 Fit::Diverged { step, .. } => {

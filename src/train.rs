@@ -8,12 +8,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Batchable;
+use crate::features::Features;
 use crate::model::Network;
 use crate::optim::Optimizer;
 use crate::spec::TrainSpec;
 
-/// Frozen-prefix outputs of a whole training set are kept when they take at most this much.
-const FEATURE_CACHE_BYTES: usize = 1 << 30;
 /// Images per evaluation batch.
 const EVAL_BATCH: usize = 1024;
 
@@ -97,31 +96,16 @@ impl BatchOrder {
     }
 }
 
-/// Outputs of blocks 1..f for all of `inputs`, computed once in evaluation-sized chunks,
-/// when they fit in [`FEATURE_CACHE_BYTES`]; frozen blocks then cost nothing per step.
-fn frozen_features(
-    net: &Network,
-    inputs: &Tensor,
-    freeze_depth: usize,
-) -> candle_core::Result<Option<Tensor>> {
-    let examples = inputs.dim(0)?;
-    let one = net.forward_blocks(&inputs.narrow(0, 0, 1)?, 0..freeze_depth)?;
-    if one.elem_count() * examples * 4 > FEATURE_CACHE_BYTES {
-        return Ok(None);
-    }
-    let mut chunks = Vec::new();
-    for start in (0..examples).step_by(EVAL_BATCH) {
-        let chunk = inputs.narrow(0, start, EVAL_BATCH.min(examples - start))?;
-        chunks.push(net.forward_blocks(&chunk, 0..freeze_depth)?.detach());
-    }
-    Ok(Some(Tensor::cat(&chunks, 0)?))
-}
+/// Batch indices go to the device this many steps at a time, not once per step.
+const UPLOAD_STEPS: usize = 256;
 
 /// Trains `net` on `data` with blocks 1..`freeze_depth` frozen: their variables are not given
 /// to the optimizer and their output is detached, so no gradient graph is built through them.
+/// With `features` (their output, cached) the frozen blocks do not run at all.
 pub fn fit(
     net: &Network,
     data: &Batchable,
+    features: Option<&Features>,
     train: &TrainSpec,
     freeze_depth: usize,
     seed: u64,
@@ -130,20 +114,18 @@ pub fn fit(
     let blocks = net.block_count();
     let batch = train.batch_size.min(examples);
     let steps = step_count(train, examples);
-    let cached = if freeze_depth > 0 {
-        frozen_features(net, &data.inputs, freeze_depth)?
-    } else {
-        None
-    };
-    let (inputs, frozen_per_step) = match cached {
-        Some(features) => (features, false),
-        None => (data.inputs.clone(), freeze_depth > 0),
+    let device = data.inputs.device();
+    let (inputs, first_block) = match features {
+        Some(features) => (&features.tensor, freeze_depth),
+        None => (&data.inputs, 0),
     };
     let mut optimizer = Optimizer::new(train, net.trainable_vars(freeze_depth))?;
     let mut order = BatchOrder::new(examples, seed);
     let mut curve = Vec::new();
-    let mut loss_sum = Tensor::zeros((), DType::F32, inputs.device())?;
+    let mut loss_sum = Tensor::zeros((), DType::F32, device)?;
     let mut since_log = 0;
+    // (examples, rows of `inputs`) of the next UPLOAD_STEPS batches, one row per step.
+    let mut upcoming = None;
     for step in 1..=steps {
         if crate::interrupt::requested() {
             return Ok(Fit::Interrupted {
@@ -151,13 +133,26 @@ pub fn fit(
                 curve,
             });
         }
-        let indices = Tensor::new(order.take(batch), inputs.device())?;
-        let mut x = inputs.index_select(&indices, 0)?;
-        if frozen_per_step {
+        let within = (step - 1) % UPLOAD_STEPS;
+        if within == 0 {
+            let count = UPLOAD_STEPS.min(steps + 1 - step);
+            let taken = order.take(count * batch);
+            let rows = match features {
+                Some(features) => taken.iter().map(|&i| features.rows[i as usize]).collect(),
+                None => taken.clone(),
+            };
+            upcoming = Some((
+                Tensor::from_vec(taken, (count, batch), device)?,
+                Tensor::from_vec(rows, (count, batch), device)?,
+            ));
+        }
+        let (taken, rows) = upcoming.as_ref().expect("uploaded at the first step");
+        let mut x = inputs.index_select(&rows.get(within)?, 0)?;
+        if first_block < freeze_depth {
             x = net.forward_blocks(&x, 0..freeze_depth)?.detach();
         }
         let logits = net.head(&net.forward_blocks(&x, freeze_depth..blocks)?)?;
-        let loss = cross_entropy(&logits, &data.targets.index_select(&indices, 0)?)?;
+        let loss = cross_entropy(&logits, &data.targets.index_select(&taken.get(within)?, 0)?)?;
         optimizer.backward_step(&loss)?;
         // Summed on the device and read only when logged: no host round trip per step.
         loss_sum = (loss_sum + loss.detach())?;
@@ -176,15 +171,31 @@ pub fn fit(
     Ok(Fit::Done(curve))
 }
 
-/// Accuracy and mean loss of `net` on `data`, in large batches.
-pub fn evaluate(net: &Network, data: &Batchable) -> candle_core::Result<Evaluation> {
+/// Accuracy and mean loss of `net` on `data`, in large batches; with `features` (the output of
+/// its frozen blocks 1..`freeze_depth` on `data`) only the blocks after them run.
+pub fn evaluate(
+    net: &Network,
+    data: &Batchable,
+    features: Option<&Features>,
+    freeze_depth: usize,
+) -> candle_core::Result<Evaluation> {
     let examples = data.targets.dim(0)?;
-    let mut correct = Tensor::zeros((), DType::F32, data.inputs.device())?;
-    let mut loss = Tensor::zeros((), DType::F32, data.inputs.device())?;
+    let device = data.inputs.device();
+    let blocks = net.block_count();
+    let mut correct = Tensor::zeros((), DType::F32, device)?;
+    let mut loss = Tensor::zeros((), DType::F32, device)?;
     for start in (0..examples).step_by(EVAL_BATCH) {
         let len = EVAL_BATCH.min(examples - start);
         let targets = data.targets.narrow(0, start, len)?;
-        let logits = net.forward(&data.inputs.narrow(0, start, len)?)?.detach();
+        let last = match features {
+            Some(features) => {
+                let rows = Tensor::new(&features.rows[start..start + len], device)?;
+                let x = features.tensor.index_select(&rows, 0)?;
+                net.forward_blocks(&x, freeze_depth..blocks)?
+            }
+            None => net.forward_blocks(&data.inputs.narrow(0, start, len)?, 0..blocks)?,
+        };
+        let logits = net.head(&last)?.detach();
         loss = (loss + (cross_entropy(&logits, &targets)? * len as f64)?)?;
         let hits = logits
             .argmax(D::Minus1)?
@@ -222,20 +233,17 @@ mod freezing_tests {
 
     use super::*;
     use crate::data::ImageShape;
+    use crate::features::{FeatureCache, Key};
     use crate::spec::{Arch, ModelSpec, OptimizerKind};
 
-    fn setup(examples: usize) -> (Network, Batchable, TrainSpec) {
-        let model = ModelSpec {
-            arch: Arch::Mlp,
-            hidden: Some(vec![16, 8]),
-        };
+    fn setup(model: &ModelSpec, side: usize, examples: usize) -> (Network, Batchable, TrainSpec) {
         let shape = ImageShape {
             channels: 1,
-            height: 4,
-            width: 4,
+            height: side,
+            width: side,
         };
-        let net = Network::new(&model, shape, 3, 5, &Device::Cpu).unwrap();
-        let inputs = Tensor::randn(0f32, 1.0, (examples, 1, 4, 4), &Device::Cpu).unwrap();
+        let net = Network::new(model, shape, 3, 5, &Device::Cpu).unwrap();
+        let inputs = Tensor::randn(0f32, 1.0, (examples, 1, side, side), &Device::Cpu).unwrap();
         let targets = Tensor::new(
             (0..examples as u32).map(|i| i % 3).collect::<Vec<_>>(),
             &Device::Cpu,
@@ -245,6 +253,8 @@ mod freezing_tests {
             inputs,
             targets,
             classes: 3,
+            // Images in some order other than their rows in the cache.
+            images: (0..examples as u32).rev().collect(),
         };
         let train = TrainSpec {
             steps: Some(20),
@@ -259,6 +269,13 @@ mod freezing_tests {
         (net, data, train)
     }
 
+    fn mlp() -> ModelSpec {
+        ModelSpec {
+            arch: Arch::Mlp,
+            hidden: Some(vec![16, 8]),
+        }
+    }
+
     fn flat(net: &Network, name: &str) -> Vec<f32> {
         net.tensors()[name]
             .flatten_all()
@@ -269,13 +286,13 @@ mod freezing_tests {
 
     #[test]
     fn frozen_blocks_do_not_change_and_the_rest_trains() {
-        let (net, data, train) = setup(30);
+        let (net, data, train) = setup(&mlp(), 4, 30);
         let before = (
             flat(&net, "b1.linear.weight"),
             flat(&net, "b2.linear.weight"),
             flat(&net, "head.weight"),
         );
-        let Fit::Done(curve) = fit(&net, &data, &train, 1, 0).unwrap() else {
+        let Fit::Done(curve) = fit(&net, &data, None, &train, 1, 0).unwrap() else {
             panic!("diverged")
         };
         assert_eq!(
@@ -291,33 +308,66 @@ mod freezing_tests {
         assert_ne!(flat(&net, "head.weight"), before.2);
     }
 
+    /// Trains and evaluates the same network twice, once on cached features of blocks 1..f
+    /// (filled in two parts, as by two trials with nested subsets) and once running the frozen
+    /// blocks every step, and compares every weight and the evaluation.
+    fn caching_changes_nothing(model: ModelSpec, side: usize, freeze_depth: usize) {
+        let (cached, data, mut train) = setup(&model, side, 40);
+        let (plain, _, _) = setup(&model, side, 40);
+        // More steps than one upload of batch indices holds.
+        train.steps = Some(UPLOAD_STEPS + 20);
+        let cache = FeatureCache::new(1 << 20);
+        let key = Key {
+            source: "test".into(),
+            depth: freeze_depth,
+            data: "random".into(),
+        };
+        let part = Batchable {
+            inputs: data.inputs.narrow(0, 10, 15).unwrap(),
+            targets: data.targets.narrow(0, 10, 15).unwrap(),
+            classes: 3,
+            images: data.images[10..25].to_vec(),
+        };
+        cache
+            .features(key.clone(), &cached, &part)
+            .unwrap()
+            .unwrap();
+        let features = cache.features(key, &cached, &data).unwrap().unwrap();
+        assert_eq!(features.tensor.dim(0).unwrap(), 40, "cached once per image");
+        fit(&cached, &data, Some(&features), &train, freeze_depth, 7).unwrap();
+        fit(&plain, &data, None, &train, freeze_depth, 7).unwrap();
+        let names = cached.tensors();
+        assert!(names.len() > 2);
+        for name in names.keys() {
+            let (a, b) = (flat(&cached, name), flat(&plain, name));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{name} differs by {worst}");
+        }
+        let with = evaluate(&cached, &data, Some(&features), freeze_depth).unwrap();
+        let without = evaluate(&plain, &data, None, freeze_depth).unwrap();
+        assert_eq!(with.accuracy, without.accuracy);
+        assert!(
+            (with.loss - without.loss).abs() < 1e-4,
+            "{with:?} {without:?}"
+        );
+    }
+
     #[test]
-    fn cached_frozen_features_train_like_a_forward_pass_every_step() {
-        let (cached, data, train) = setup(30);
-        let (per_step, _, _) = setup(30);
-        fit(&cached, &data, &train, 1, 0).unwrap();
-        // The same training with the frozen prefix recomputed each step (no cache).
-        let mut optimizer = Optimizer::new(&train, per_step.trainable_vars(1)).unwrap();
-        let mut order = BatchOrder::new(30, 0);
-        for _ in 0..20 {
-            let indices = Tensor::new(order.take(8), &Device::Cpu).unwrap();
-            let x = per_step
-                .forward_blocks(&data.inputs.index_select(&indices, 0).unwrap(), 0..1)
-                .unwrap()
-                .detach();
-            let logits = per_step
-                .head(&per_step.forward_blocks(&x, 1..2).unwrap())
-                .unwrap();
-            let loss =
-                cross_entropy(&logits, &data.targets.index_select(&indices, 0).unwrap()).unwrap();
-            optimizer.backward_step(&loss).unwrap();
-        }
-        for name in ["b2.linear.weight", "head.weight"] {
-            let (a, b) = (flat(&cached, name), flat(&per_step, name));
-            assert!(
-                a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5),
-                "{name} differs"
-            );
-        }
+    fn cached_features_train_an_mlp_like_its_frozen_blocks_every_step() {
+        caching_changes_nothing(mlp(), 4, 1);
+    }
+
+    #[test]
+    fn cached_features_train_a_cnn_like_its_frozen_blocks_every_step() {
+        let cnn6 = ModelSpec {
+            arch: Arch::Cnn6,
+            hidden: None,
+        };
+        caching_changes_nothing(cnn6.clone(), 8, 2);
+        caching_changes_nothing(cnn6, 8, 4);
     }
 }

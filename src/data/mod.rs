@@ -67,6 +67,8 @@ pub struct Batchable {
     pub targets: Tensor,
     /// Number of classes.
     pub classes: usize,
+    /// Each example's index among its split's images (distinct): what the feature cache keys.
+    pub images: Vec<u32>,
 }
 
 /// The datasets of a spec, each split loaded once and shared.
@@ -199,6 +201,7 @@ impl Catalog {
             )?,
             targets: Tensor::from_vec(targets, chosen.len(), device)?,
             classes: classes.len(),
+            images: chosen.iter().map(|&(index, _)| index as u32).collect(),
         })
     }
 }

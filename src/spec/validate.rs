@@ -36,6 +36,11 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         check_dataset(&format!("datasets.{name}"), dataset, at)?;
     }
     check_model(&spec.model, at)?;
+    if let Some(device) = &spec.device {
+        device.parse::<crate::device::DeviceChoice>().map_err(|e| {
+            at("device", e.message).with_help(format!("use {}", crate::device::CHOICES))
+        })?;
+    }
     if let Some(mlflow) = spec.tracking.as_ref().and_then(|t| t.mlflow.as_ref()) {
         crate::tracking::mlflow::Client::new(&mlflow.uri).map_err(|message| {
             at("tracking.mlflow.uri", message)
