@@ -45,3 +45,18 @@ fuzz SECONDS="600":
     FUZZ_CASES=100000 cargo test --test fuzz_spec -- --nocapture
     mkdir -p fuzz/corpus/spec_loader
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run spec_loader corpus/spec_loader seeds/spec_loader -- -max_total_time={{SECONDS}} -timeout=10 -rss_limit_mb=4096
+
+# Build with candle's CUDA backend (no GPU or CUDA install needed here: CUDA 13.0 from pip
+# wheels) into target/cuda, and pack .gpu/xferlab.xz to carry to a GPU machine.
+build-gpu *ARGS:
+    scripts/build-gpu {{ARGS}}
+
+# CPU speed of the speed-ups on benches/cpu.yaml: trials per minute with frozen blocks run
+# every step, with the feature cache, and with the cache and --jobs 2 (about 12 minutes).
+bench-cpu SPEC="benches/cpu.yaml":
+    scripts/bench-cpu {{SPEC}}
+
+# On a GPU machine: fmnist-a-to-b in xferlab and in its PyTorch twin, times and results side
+# by side: just bench-gpu --jobs 8
+bench-gpu *ARGS:
+    scripts/bench-gpu {{ARGS}}

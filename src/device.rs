@@ -60,10 +60,18 @@ impl DeviceChoice {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Auto => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
             DeviceChoice::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
-                InputError::new(format!("cannot use CUDA device {ordinal}: {e}")).with_help(
-                    "xferlab uses CUDA only when built with `--features cuda` (`just build-gpu`) \
-                     on a machine with a GPU; use --device cpu",
-                )
+                // candle appends a backtrace to driver errors; the first line is the reason.
+                let reason = e.to_string();
+                let reason = reason.lines().next().unwrap_or_default();
+                let help = if cfg!(feature = "cuda") {
+                    format!("no GPU {ordinal} answers here; use --device cpu, or auto")
+                } else {
+                    "this xferlab was built without CUDA: build with `just build-gpu` \
+                     (`--features cuda`) for a machine with a GPU; here use --device cpu"
+                        .into()
+                };
+                InputError::new(format!("cannot use CUDA device {ordinal}: {reason}"))
+                    .with_help(help)
             }),
         }
     }

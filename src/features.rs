@@ -61,7 +61,7 @@ struct State {
     clock: u64,
 }
 
-/// Features shared by the trials of one process, at most `budget` bytes of them.
+/// Features shared by the trials that run on one device, at most `budget` bytes of them.
 pub struct FeatureCache {
     budget: usize,
     state: Mutex<State>,
@@ -158,8 +158,6 @@ impl FeatureCache {
                 parts.push(out.narrow(0, 0, chunk.len())?);
             }
             let tensor = Tensor::cat(&parts, 0)?;
-            // Other jobs read it from their own CUDA streams: it must be complete first.
-            tensor.device().synchronize()?;
             for image in missing {
                 let row = entry.rows.len() as u32;
                 entry.rows.insert(image, row);

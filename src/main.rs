@@ -75,6 +75,7 @@ enum Command {
         /// MiB of frozen-block outputs kept in device memory and reused across epochs,
         /// evaluation and trials that share the source model, freeze_depth and data; 0 runs
         /// frozen blocks every step. A trial whose features do not fit runs them every step.
+        /// On a GPU each of the --jobs has its own CUDA stream and an equal share.
         #[arg(
             long,
             value_name = "MIB",

@@ -124,19 +124,17 @@ pub fn run(
         }
     }
     let progress = Progress::new(pending.len() as u64, summary.already_done);
+    let lanes = Lane::open(options)?;
     let shared = Shared {
         catalog,
-        sources: Mutex::new(Sources::new(&options.store, &options.device)),
-        cache: FeatureCache::new(options.cache_bytes),
         store: &store,
         checkpoints: loaded.spec.checkpoints,
-        device: &options.device,
         progress: &progress,
     };
     let queue = Mutex::new(pending.into_iter());
     let tally = Mutex::new((summary, None::<Error>));
     // Each job takes the next trial until none is left, one fails the sweep, or Ctrl-C.
-    let job = || {
+    let job = |lane: &Lane| {
         loop {
             let stopping = tally.lock().expect("tally lock").1.is_some();
             if stopping || crate::interrupt::requested() {
@@ -145,7 +143,7 @@ pub fn run(
             let Some(trial) = queue.lock().expect("queue lock").next() else {
                 break;
             };
-            let outcome = shared.run(trial);
+            let outcome = shared.run(trial, lane);
             let mut tally = tally.lock().expect("tally lock");
             match outcome {
                 Ok(record) => {
@@ -167,10 +165,11 @@ pub fn run(
         }
     };
     std::thread::scope(|scope| {
-        for _ in 1..options.jobs.max(1) {
-            scope.spawn(job);
+        for i in 1..options.jobs.max(1) {
+            let lane = &lanes[i % lanes.len()];
+            scope.spawn(move || job(lane));
         }
-        job();
+        job(&lanes[0]);
     });
     let (mut summary, error) = tally.into_inner().expect("tally lock");
     summary.interrupted |= crate::interrupt::requested();
@@ -208,12 +207,41 @@ fn git_commit(file: &Path) -> Option<String> {
 /// What every job of a sweep shares.
 struct Shared<'a> {
     catalog: &'a Catalog,
-    sources: Mutex<Sources>,
-    cache: FeatureCache,
     store: &'a RunStore,
     checkpoints: bool,
-    device: &'a Device,
     progress: &'a Progress,
+}
+
+/// A device with the source models and frozen-prefix features loaded on it. On the CPU every
+/// job shares one. On a GPU each job gets its own: its own CUDA stream keeps the GPU busy while
+/// others wait, and a cuBLAS handle must not be used by two threads at once; tensors cannot be
+/// shared across candle devices, so each lane loads the source model (once) and fills its own
+/// cache, with an equal share of the budget.
+struct Lane {
+    device: Device,
+    sources: Mutex<Sources>,
+    cache: FeatureCache,
+}
+
+impl Lane {
+    fn open(options: &RunOptions) -> Result<Vec<Lane>> {
+        let lane = |device: Device, cache_bytes| Lane {
+            sources: Mutex::new(Sources::new(&options.store, &device)),
+            cache: FeatureCache::new(cache_bytes),
+            device,
+        };
+        Ok(match options.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } if options.jobs > 1 => {
+                let mut lanes = Vec::new();
+                for _ in 0..options.jobs {
+                    let device = Device::new_cuda_with_stream(gpu_id)?;
+                    lanes.push(lane(device, options.cache_bytes / options.jobs));
+                }
+                lanes
+            }
+            _ => vec![lane(options.device.clone(), options.cache_bytes)],
+        })
+    }
 }
 
 /// Why a job did not run a trial.
@@ -234,7 +262,7 @@ impl From<Error> for Skipped {
 
 impl Shared<'_> {
     /// Runs one trial under its lock and writes its record.
-    fn run(&self, trial: &Trial) -> std::result::Result<TrialRecord, Skipped> {
+    fn run(&self, trial: &Trial, lane: &Lane) -> std::result::Result<TrialRecord, Skipped> {
         let Some(_lock) = self.store.try_lock_trial(&trial.id)? else {
             self.progress.say(&format!(
                 "trial {} is being run by another process: skipped",
@@ -253,15 +281,15 @@ impl Shared<'_> {
         }
         self.progress.start(trial);
         tracing::info!(trial = %trial.id, strategies = ?trial.strategies, t = trial.config.transfer_depth, f = trial.config.freeze_depth, "trial started");
-        let record = self.trial(trial)?;
+        let record = self.trial(trial, lane)?;
         self.store.write_record(&record)?;
         tracing::info!(trial = %record.id, status = ?record.status, eval = ?record.eval, error = ?record.error, "trial recorded");
         self.progress.done(&record);
         Ok(record)
     }
 
-    fn trial(&self, trial: &Trial) -> Result<TrialRecord> {
-        let (catalog, device) = (self.catalog, self.device);
+    fn trial(&self, trial: &Trial, lane: &Lane) -> Result<TrialRecord> {
+        let (catalog, device) = (self.catalog, &lane.device);
         let config = &trial.config;
         let started = Instant::now();
         let started_at = SystemTime::now()
@@ -312,7 +340,7 @@ impl Shared<'_> {
             let (mut train_features, mut eval_features) = (None, None);
             if config.transfer_depth > 0 {
                 let source =
-                    (self.sources.lock().expect("sources lock"))
+                    (lane.sources.lock().expect("sources lock"))
                         .get(config, catalog, &|m| self.progress.say(m))?;
                 net.transfer_from(&source.tensors, config.transfer_depth)
                     .map_err(|m| InputError::new(format!("source model {} {m}", source.label)))?;
@@ -328,7 +356,7 @@ impl Shared<'_> {
                         ])
                         .to_string(),
                     };
-                    self.cache.features(key, &net, data)
+                    lane.cache.features(key, &net, data)
                 };
                 train_features = features(&config.target.train, &train_data)?;
                 eval_features = features(&config.target.eval, &eval_data)?;
