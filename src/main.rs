@@ -204,15 +204,20 @@ fn execute(command: Command) -> Result<u8, Error> {
             store,
         } => {
             let (loaded, catalog, plan) = prepare(&spec)?;
-            let device = match device {
-                Some(choice) => choice,
-                None => loaded.spec.device.as_deref().unwrap_or("auto").parse()?,
+            let device = match (device, &loaded.spec.device) {
+                (Some(choice), _) => choice.open()?,
+                (None, None) => DeviceChoice::Auto.open()?,
+                // A device the spec names and this machine lacks is an error at that line.
+                (None, Some(name)) => name.parse::<DeviceChoice>()?.open().map_err(|e| {
+                    let help = e.help.unwrap_or_default();
+                    loaded.error("device", e.message).with_help(help)
+                })?,
             };
             let options = RunOptions {
                 store: store.clone(),
-                device: device.open()?,
+                device,
                 jobs: usize::from(jobs),
-                cache_bytes: feature_cache_mb << 20,
+                cache_bytes: feature_cache_mb.saturating_mul(1 << 20),
                 trial,
             };
             let summary = runner::run(&loaded, &plan, &catalog, &options)?;

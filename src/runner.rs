@@ -271,6 +271,7 @@ impl Shared<'_> {
             self.progress.advance();
             return Err(Skipped::Busy);
         };
+        // Another process may have finished it between the scan and the lock.
         if self
             .store
             .record(&trial.id)?

@@ -131,3 +131,30 @@ fn report_of_a_missing_run_is_bad_input() {
         ran.stderr
     );
 }
+
+#[test]
+fn the_spec_names_the_device_and_the_command_line_overrides_it() {
+    let test = Test::new().file(
+        "spec.yaml",
+        format!("{SMALL_SWEEP}device: cuda\n").replace("seed: [0, 1]", "seed: [0]"),
+    );
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build may find a GPU
+    }
+    let ran = test.run(&["run", "spec.yaml"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("cannot use CUDA device 0"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr.contains("spec.yaml:"),
+        "points at the spec: {}",
+        ran.stderr
+    );
+    let ran = test.run(&["run", "spec.yaml", "--device", "cpu", "--trial", "0"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let record = test.records("small").into_values().next().unwrap();
+    assert_eq!(record["device"], "cpu");
+}
