@@ -122,18 +122,30 @@ pub fn fit(
     let mut optimizer = Optimizer::new(train, net.trainable_vars(freeze_depth))?;
     let mut order = BatchOrder::new(examples, seed);
     let mut curve = Vec::new();
-    let mut loss_sum = Tensor::zeros((), DType::F32, device)?;
+    // Losses stay on the device: the sum since the last curve point, and the curve points
+    // not read yet. They are read with each upload of batch indices, so the host waits for
+    // the device once every UPLOAD_STEPS steps, not once per point.
+    let mut loss_sum: Option<Tensor> = None;
     let mut since_log = 0;
+    let mut unread: Vec<(usize, Tensor)> = Vec::new();
     // (examples, rows of `inputs`) of the next UPLOAD_STEPS batches, one row per step.
     let mut upcoming = None;
     for step in 1..=steps {
         if crate::interrupt::requested() {
+            if let Some(step) = read_losses(&mut unread, &mut curve)? {
+                return Ok(Fit::Diverged { step, curve });
+            }
             return Ok(Fit::Interrupted {
                 step: step - 1,
                 curve,
             });
         }
         let within = (step - 1) % UPLOAD_STEPS;
+        if within == 0
+            && let Some(step) = read_losses(&mut unread, &mut curve)?
+        {
+            return Ok(Fit::Diverged { step, curve });
+        }
         if within == 0 {
             let count = UPLOAD_STEPS.min(steps + 1 - step);
             let taken = order.take(count * batch);
@@ -154,21 +166,43 @@ pub fn fit(
         let logits = net.head(&net.forward_blocks(&x, freeze_depth..blocks)?)?;
         let loss = cross_entropy(&logits, &data.targets.index_select(&taken.get(within)?, 0)?)?;
         optimizer.backward_step(&loss)?;
-        // Summed on the device and read only when logged: no host round trip per step.
-        loss_sum = (loss_sum + loss.detach())?;
+        loss_sum = Some(match loss_sum {
+            Some(sum) => (sum + loss.detach())?,
+            None => loss.detach(),
+        });
         since_log += 1;
         if step % train.log_every == 0 || step == steps {
-            let mean = f64::from(loss_sum.to_scalar::<f32>()?) / since_log as f64;
-            if !mean.is_finite() {
-                return Ok(Fit::Diverged { step, curve });
-            }
-            tracing::debug!(step, loss = mean, "training loss");
-            curve.push(CurvePoint { step, loss: mean });
-            loss_sum = loss_sum.zeros_like()?;
+            let sum = loss_sum.take().expect("a step ran");
+            unread.push((step, (sum / since_log as f64)?));
             since_log = 0;
         }
     }
+    if let Some(step) = read_losses(&mut unread, &mut curve)? {
+        return Ok(Fit::Diverged { step, curve });
+    }
     Ok(Fit::Done(curve))
+}
+
+/// Moves the curve points still on the device to `curve`, up to the first whose loss is not
+/// finite: its step is returned.
+fn read_losses(
+    unread: &mut Vec<(usize, Tensor)>,
+    curve: &mut Vec<CurvePoint>,
+) -> candle_core::Result<Option<usize>> {
+    if unread.is_empty() {
+        return Ok(None);
+    }
+    let means: Vec<&Tensor> = unread.iter().map(|(_, mean)| mean).collect();
+    let means = Tensor::stack(&means, 0)?.to_vec1::<f32>()?;
+    for ((step, _), mean) in unread.drain(..).zip(means) {
+        let loss = f64::from(mean);
+        if !loss.is_finite() {
+            return Ok(Some(step));
+        }
+        tracing::debug!(step, loss, "training loss");
+        curve.push(CurvePoint { step, loss });
+    }
+    Ok(None)
 }
 
 /// Accuracy and mean loss of `net` on `data`, in large batches; with `features` (the output of
@@ -334,8 +368,26 @@ mod freezing_tests {
             .unwrap();
         let features = cache.features(key, &cached, &data).unwrap().unwrap();
         assert_eq!(features.tensor.dim(0).unwrap(), 40, "cached once per image");
-        fit(&cached, &data, Some(&features), &train, freeze_depth, 7).unwrap();
-        fit(&plain, &data, None, &train, freeze_depth, 7).unwrap();
+        let Fit::Done(with) =
+            fit(&cached, &data, Some(&features), &train, freeze_depth, 7).unwrap()
+        else {
+            panic!("diverged")
+        };
+        let Fit::Done(without) = fit(&plain, &data, None, &train, freeze_depth, 7).unwrap() else {
+            panic!("diverged")
+        };
+        // Every fifth step and the last, across the upload boundary, in order.
+        let steps: Vec<usize> = with.iter().map(|p| p.step).collect();
+        let mut expected: Vec<usize> = (5..=UPLOAD_STEPS + 20).step_by(5).collect();
+        expected.push(UPLOAD_STEPS + 20);
+        expected.dedup();
+        assert_eq!(steps, expected);
+        for (a, b) in with.iter().zip(&without) {
+            assert!(
+                a.loss.is_finite() && (a.loss - b.loss).abs() < 1e-4,
+                "{a:?} {b:?}"
+            );
+        }
         let names = cached.tensors();
         assert!(names.len() > 2);
         for name in names.keys() {
