@@ -80,8 +80,8 @@ impl FeatureCache {
         }
     }
 
-    /// Bytes held now.
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    fn used(&self) -> usize {
         self.state.lock().expect("cache lock").used
     }
 
