@@ -4,16 +4,19 @@
 //! leaving their variables out of the optimizer, transferring blocks 1..t is copying the
 //! tensors whose names start with `b1.`..`bt.`, and a checkpoint is a plain safetensors file.
 
+mod conv;
+
 use std::collections::HashMap;
 use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarMap};
+use candle_nn::{Linear, Module, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::ImageShape;
 use crate::spec::{Arch, ModelSpec};
+use conv::Conv3x3;
 
 /// Name of block `i` (from 1).
 pub fn block_name(i: usize) -> String {
@@ -26,7 +29,7 @@ pub fn block_of(parameter: &str) -> Option<usize> {
 }
 
 enum Layer {
-    Conv(Conv2d),
+    Conv(Conv3x3),
     Linear(Linear),
     Relu,
     MaxPool2,
@@ -85,11 +88,7 @@ impl Parameters<'_> {
         let fan_in = input * 9;
         let weight = self.tensor(format!("{name}.weight"), &[output, input, 3, 3], fan_in)?;
         let bias = self.tensor(format!("{name}.bias"), &[output], fan_in)?;
-        let config = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        Ok(Layer::Conv(Conv2d::new(weight, Some(bias), config)))
+        Ok(Layer::Conv(Conv3x3::new(weight, bias, self.device)?))
     }
 
     fn linear(&mut self, name: &str, input: usize, output: usize) -> candle_core::Result<Linear> {
