@@ -4,7 +4,7 @@
 //! leaving their variables out of the optimizer, transferring blocks 1..t is copying the
 //! tensors whose names start with `b1.`..`bt.`, and a checkpoint is a plain safetensors file.
 
-mod conv;
+pub mod conv;
 
 use std::collections::HashMap;
 use std::ops::Range;
