@@ -33,6 +33,8 @@ fn shipped_experiments_validate() {
     for spec in [
         "experiments/quickstart.yaml",
         "experiments/fmnist-a-to-b.yaml",
+        "benches/cpu.yaml",
+        "benches/small-a-to-b.yaml",
     ] {
         let ran = Test::new().run(&["validate", &repo(spec)]);
         assert_eq!(

@@ -111,9 +111,11 @@ impl CustomOp2 for Backward {
         } else {
             None
         };
+        // Batch and channels swapped: a convolution of the input with the gradient as kernel.
+        // candle's cuDNN path runs only contiguous kernels (others take a direct loop).
         let grad_weight = x
             .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?, PADDING, 1, 1, 1)?
+            .conv2d(&grad.transpose(0, 1)?.contiguous()?, PADDING, 1, 1, 1)?
             .transpose(0, 1)?;
         Ok((grad_x, Some(grad_weight)))
     }
