@@ -1,16 +1,20 @@
-//! Optimizers: candle-nn's AdamW (Adam is AdamW with no decay) and SGD with momentum,
+//! Optimizers: Adam and AdamW (fused, with candle-nn's arithmetic) and SGD with momentum,
 //! which candle-nn's `SGD` lacks.
+
+mod adam;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
+use candle_nn::ParamsAdamW;
+
+use adam::Adam;
 
 use crate::spec::{OptimizerKind, TrainSpec};
 
 /// An optimizer over a fixed set of variables.
 pub enum Optimizer {
     /// Adam or AdamW.
-    AdamW(AdamW),
+    Adam(Adam),
     /// SGD with momentum.
     Sgd(Sgd),
 }
@@ -30,7 +34,7 @@ impl Optimizer {
                     weight_decay: train.weight_decay.unwrap_or(default_decay),
                     ..Default::default()
                 };
-                Optimizer::AdamW(AdamW::new(vars, params)?)
+                Optimizer::Adam(Adam::new(vars, params)?)
             }
             OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(
                 vars,
@@ -44,7 +48,7 @@ impl Optimizer {
     /// Backpropagates `loss` and updates the variables.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         match self {
-            Optimizer::AdamW(adam) => adam.backward_step(loss),
+            Optimizer::Adam(adam) => adam.step(&loss.backward()?),
             Optimizer::Sgd(sgd) => sgd.step(&loss.backward()?),
         }
     }
