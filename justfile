@@ -56,10 +56,10 @@ build-gpu *ARGS:
 bench-cpu SPEC="benches/cpu.yaml":
     scripts/bench-cpu {{SPEC}}
 
-# One convolution's forward and backward at each cnn6 shape: candle's conv2d against
-# xferlab's (DEVICE: auto, cpu, cuda, cuda:N).
-bench-conv DEVICE="auto":
-    cargo bench --bench conv -- {{DEVICE}}
+# xferlab's kernels against candle's, agreement then time: the 3x3 convolution's forward and
+# backward at each cnn6 shape, one Adam step (DEVICE: auto, cpu, cuda, cuda:N).
+bench-kernels DEVICE="auto":
+    cargo bench --bench kernels -- {{DEVICE}}
 
 # On a GPU machine: fmnist-a-to-b in xferlab and in its PyTorch twin, times and results side
 # by side: just bench-gpu --jobs 8

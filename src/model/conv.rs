@@ -5,7 +5,7 @@
 //! first trainable block, whose input is an image batch or cached frozen features. Here the
 //! input gradient is a forward convolution with the flipped kernel (im2col and a matrix
 //! multiply on both backends), and it is skipped when the input does not need it. The kernel
-//! gradient is candle's own. `just bench-conv` measures the difference.
+//! gradient is candle's own. `just bench-kernels` measures the difference.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};

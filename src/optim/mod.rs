@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::ParamsAdamW;
 
-use adam::Adam;
+pub use adam::Adam;
 
 use crate::spec::{OptimizerKind, TrainSpec};
 
