@@ -47,7 +47,7 @@ fuzz SECONDS="600":
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run spec_loader corpus/spec_loader seeds/spec_loader -- -max_total_time={{SECONDS}} -timeout=10 -rss_limit_mb=4096
 
 # Build with candle's CUDA backend (no GPU or CUDA install needed here: CUDA 13.0 from pip
-# wheels) into target/cuda, and pack .gpu/xferlab.xz to carry to a GPU machine.
+# wheels) into target/cuda and pack .gpu/ for a GPU machine; CUDNN=1 adds a cuDNN build.
 build-gpu *ARGS:
     scripts/build-gpu {{ARGS}}
 
@@ -56,8 +56,7 @@ build-gpu *ARGS:
 bench-cpu SPEC="benches/cpu.yaml":
     scripts/bench-cpu {{SPEC}}
 
-# xferlab's kernels against candle's, agreement then time: the 3x3 convolution's forward and
-# backward at each cnn6 shape, one Adam step (DEVICE: auto, cpu, cuda, cuda:N).
+# xferlab's kernels (conv backward, fused Adam) against candle's on DEVICE: agreement, then time.
 bench-kernels DEVICE="auto":
     cargo bench --bench kernels -- {{DEVICE}}
 
