@@ -7,9 +7,6 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var, bail};
 use candle_nn::ParamsAdamW;
 
-#[cfg(feature = "cuda")]
-use candle_core::cuda::cudarc::driver::PushKernelArg as _;
-
 /// Adam over a fixed set of f32 variables; `weight_decay` makes it AdamW.
 pub struct Adam {
     /// Each variable with its moments: a `[2, n]` tensor, first moments then second.
@@ -125,17 +122,19 @@ impl InplaceOp2 for Moments {
         grad_l: &Layout,
     ) -> Result<()> {
         let n = grad_l.shape().elem_count();
-        let (stream, func) = cuda::kernel(moments, "adam_moments")?;
-        let grad = grad.as_cuda_slice::<f32>()?.slice(grad_l.start_offset()..);
-        let mut moments = moments
-            .as_cuda_slice_mut::<f32>()?
-            .slice_mut(moments_l.start_offset()..);
-        let mut launch = stream.launch_builder(&func);
-        let n32 = n as u32;
-        launch.arg(&mut moments).arg(&grad).arg(&n32);
-        launch.arg(&self.beta1).arg(&self.one_minus_beta1);
-        launch.arg(&self.beta2).arg(&self.one_minus_beta2);
-        cuda::launch(launch, n)
+        let scalars = [
+            self.beta1,
+            self.one_minus_beta1,
+            self.beta2,
+            self.one_minus_beta2,
+        ];
+        cuda::launch(
+            "adam_moments",
+            n,
+            (moments, moments_l),
+            (grad, grad_l),
+            &scalars,
+        )
     }
 }
 
@@ -169,34 +168,38 @@ impl InplaceOp2 for Update {
         moments_l: &Layout,
     ) -> Result<()> {
         let n = theta_l.shape().elem_count();
-        let (stream, func) = cuda::kernel(theta, "adam_update")?;
-        let moments = moments
-            .as_cuda_slice::<f32>()?
-            .slice(moments_l.start_offset()..);
-        let mut theta = theta
-            .as_cuda_slice_mut::<f32>()?
-            .slice_mut(theta_l.start_offset()..);
-        let mut launch = stream.launch_builder(&func);
-        let n32 = n as u32;
-        launch.arg(&mut theta).arg(&moments).arg(&n32);
-        launch.arg(&self.decay).arg(&self.lr).arg(&self.scale_m);
-        launch.arg(&self.scale_v).arg(&self.eps);
-        cuda::launch(launch, n)
+        let scalars = [self.decay, self.lr, self.scale_m, self.scale_v, self.eps];
+        cuda::launch(
+            "adam_update",
+            n,
+            (theta, theta_l),
+            (moments, moments_l),
+            &scalars,
+        )
     }
 }
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::sync::{Arc, OnceLock};
+    use std::sync::OnceLock;
 
     use candle_core::backend::BackendStorage as _;
-    use candle_core::cuda::cudarc::driver::{CudaFunction, CudaStream, LaunchArgs, LaunchConfig};
+    use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg as _};
     use candle_core::cuda::cudarc::nvrtc;
-    use candle_core::{CudaStorage, Error, Result};
+    use candle_core::{CudaStorage, Error, Layout, Result, bail};
 
-    /// A kernel of adam.cu for `storage`'s device and its stream; compiled by NVRTC once per
-    /// process and loaded once per device.
-    pub fn kernel(storage: &CudaStorage, name: &str) -> Result<(Arc<CudaStream>, CudaFunction)> {
+    /// Runs kernel `name` of adam.cu as `name(dst, src, n, scalars...)` on `dst`'s device and
+    /// stream. adam.cu is compiled by NVRTC once per process and loaded once per device.
+    pub fn launch(
+        name: &str,
+        n: usize,
+        (dst, dst_l): (&mut CudaStorage, &Layout),
+        (src, src_l): (&CudaStorage, &Layout),
+        scalars: &[f32],
+    ) -> Result<()> {
+        if !dst_l.is_contiguous() || !src_l.is_contiguous() {
+            bail!("{name}: expected contiguous f32 values");
+        }
         static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
         let ptx = PTX.get_or_init(|| {
             nvrtc::compile_ptx(include_str!("adam.cu"))
@@ -204,15 +207,22 @@ mod cuda {
                 .map_err(|e| format!("adam.cu: {e}"))
         });
         let ptx = ptx.as_ref().map_err(|e| Error::Cuda(e.clone().into()))?;
-        let device = storage.device();
-        let func = device.get_or_load_custom_func(name, "xferlab_adam", ptx)?;
-        Ok((device.cuda_stream(), func.into_cuda_function()))
-    }
-
-    pub fn launch(mut launch: LaunchArgs<'_>, n: usize) -> Result<()> {
+        let func = dst
+            .device()
+            .get_or_load_custom_func(name, "xferlab_adam", ptx)?;
+        let src = src.as_cuda_slice::<f32>()?.slice(src_l.start_offset()..);
+        let mut dst = dst
+            .as_cuda_slice_mut::<f32>()?
+            .slice_mut(dst_l.start_offset()..);
+        let n32 = n as u32;
+        let mut launch = func.builder();
+        launch.arg(&mut dst).arg(&src).arg(&n32);
+        for scalar in scalars {
+            launch.arg(scalar);
+        }
         // SAFETY: the arguments match the kernel's signature in adam.cu, and n bounds every
-        // index it writes.
-        unsafe { launch.launch(LaunchConfig::for_num_elems(n as u32)) }
+        // index it touches.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }
             .map(drop)
             .map_err(|e| Error::Cuda(Box::new(e)))
     }
