@@ -1,56 +1,9 @@
-//! Where tensors live: the `device` a spec or `--device` names, and opening it.
-
-use std::fmt;
-use std::str::FromStr;
+//! Where tensors live: opening the device a spec or `--device` names.
 
 use candle_core::Device;
 
 use crate::error::InputError;
-
-/// What `device:` and `--device` accept.
-pub const CHOICES: &str = "auto, cpu, cuda or cuda:N";
-
-/// A device as named in a spec or on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceChoice {
-    /// The first GPU when the binary has CUDA and one answers, else the CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// CUDA GPU number N.
-    Cuda(usize),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = InputError;
-
-    fn from_str(name: &str) -> Result<Self, InputError> {
-        match name {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceChoice::Cuda)
-                .ok_or_else(|| {
-                    InputError::new(format!("unknown device `{other}`"))
-                        .with_help(format!("use {CHOICES}"))
-                }),
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceChoice::Auto => f.write_str("auto"),
-            DeviceChoice::Cpu => f.write_str("cpu"),
-            DeviceChoice::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
-        }
-    }
-}
+pub use crate::spec::{CHOICES, DeviceChoice};
 
 impl DeviceChoice {
     /// Opens the device. `auto` tries GPU 0 and falls back to the CPU: candle's
@@ -89,20 +42,6 @@ pub fn name(device: &Device) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_parse_and_print_back() {
-        for name in ["auto", "cpu", "cuda:0", "cuda:3"] {
-            assert_eq!(name.parse::<DeviceChoice>().unwrap().to_string(), name);
-        }
-        assert_eq!(
-            "cuda".parse::<DeviceChoice>().unwrap(),
-            DeviceChoice::Cuda(0)
-        );
-        for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
-            assert!(bad.parse::<DeviceChoice>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn auto_is_the_cpu_without_a_gpu() {

@@ -3,7 +3,26 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::spec::location::Position;
+/// Exit codes of the command line, as the README documents them.
+pub mod exit {
+    /// Everything worked.
+    pub const SUCCESS: u8 = 0;
+    /// The run ended with failed trials, or something failed while running.
+    pub const FAILED: u8 = 1;
+    /// Bad input: spec, override, data path, checkpoint, arguments.
+    pub const BAD_INPUT: u8 = 2;
+    /// Stopped by Ctrl-C (128 + SIGINT, as shells report it); finished trials are kept.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// A 1-based line and column in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
 
 /// Every way xferlab can fail.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +53,15 @@ impl From<InputError> for Error {
 }
 
 impl Error {
+    /// The process's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Input(_) => exit::BAD_INPUT,
+            Error::Interrupted => exit::INTERRUPTED,
+            _ => exit::FAILED,
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();

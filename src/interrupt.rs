@@ -3,20 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Exit code of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
-pub const EXIT_CODE: u8 = 130;
-
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the Ctrl-C handler (once, by the command line).
-pub fn install() {
-    let installed = ctrlc::set_handler(|| {
+/// Installs the Ctrl-C handler (once, by the command line); `first` tells the user what the
+/// first Ctrl-C does.
+pub fn install(first: impl Fn() + Send + 'static) {
+    let installed = ctrlc::set_handler(move || {
         if REQUESTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_CODE));
+            std::process::exit(i32::from(crate::error::exit::INTERRUPTED));
         }
-        eprintln!(
-            "\ninterrupted: stopping after recording the trial in progress (Ctrl-C again to quit at once)"
-        );
+        first();
     });
     if let Err(error) = installed {
         tracing::warn!("cannot handle Ctrl-C: {error}");

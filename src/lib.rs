@@ -5,6 +5,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod experiment;
 pub mod features;
 pub mod interrupt;
 pub mod model;
@@ -17,5 +18,6 @@ pub mod spec;
 pub mod store;
 pub mod tracking;
 pub mod train;
+pub mod trial;
 
 pub use error::{Error, InputError, Result};

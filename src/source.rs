@@ -13,13 +13,14 @@ use sha2::{Digest, Sha256};
 use crate::data::Catalog;
 use crate::error::{Error, InputError, Origin, Result, shown};
 use crate::model::Network;
-use crate::plan::{TrialConfig, hex};
+use crate::plan::{TrialConfig, derive_seed, hex};
 use crate::spec::{DatasetSpec, ModelSpec, PretrainSpec};
 use crate::store::{lock, remove_stale_temps, save_atomic, write_atomic};
 use crate::train::{self, Fit};
 
-/// Bumped when pretraining changes in a way that changes its weights.
-const PRETRAIN_FORMAT: u32 = 1;
+/// Bumped when pretraining changes in a way that changes its weights (2: data sampling,
+/// initialisation and batch order take seeds derived from `pretrain.seed`, not the seed itself).
+const PRETRAIN_FORMAT: u32 = 2;
 
 /// A source model's weights by parameter name.
 pub struct SourceModel {
@@ -115,16 +116,18 @@ impl Sources {
             remove_stale_temps(&path)?;
             say(&format!("pretraining source model {hash}"));
             let started = Instant::now();
-            let data = catalog.select(&pretrain.data, pretrain.seed, &self.device)?;
+            let seed = |purpose| derive_seed(pretrain.seed, purpose);
+            let data = catalog.select(&pretrain.data, seed("data"), &self.device)?;
             let shape = catalog.shape(&pretrain.data.dataset)?;
             let net = Network::new(
                 &config.model,
                 shape,
                 data.classes,
-                pretrain.seed,
+                seed("init"),
                 &self.device,
             )?;
-            let curve = match train::fit(&net, &data, None, &pretrain.train, 0, pretrain.seed)? {
+            let batches = seed("batches");
+            let curve = match train::fit(&net, &data, None, &pretrain.train, 0, batches)? {
                 Fit::Done(curve) => curve,
                 Fit::Interrupted { .. } => return Err(Error::Interrupted),
                 Fit::Diverged { step, .. } => {

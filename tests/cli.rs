@@ -160,3 +160,87 @@ fn the_spec_names_the_device_and_the_command_line_overrides_it() {
     let record = test.records("small").into_values().next().unwrap();
     assert_eq!(record["device"], "cpu");
 }
+
+/// Every `[env: XFERLAB_...=]` the help of any subcommand advertises, with the subcommand.
+fn advertised_variables() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for command in ["validate", "plan", "run", "report", "sync", "schema"] {
+        let help = Test::new().run(&[command, "--help"]).stdout;
+        for piece in help.split("[env: ").skip(1) {
+            let name = piece.split('=').next().unwrap().to_string();
+            found.push((command.to_string(), name));
+        }
+    }
+    found
+}
+
+/// Regression: `XFERLAB_JOBS=2 xferlab plan SPEC` failed with "unknown key `jobs` in the spec"
+/// although `run --help` advertises the variable: the spec loader read every `XFERLAB_`
+/// variable as a spec key. Any option with an `env` is covered here as soon as it is added.
+#[test]
+fn option_variables_are_not_read_as_spec_keys() {
+    let advertised = advertised_variables();
+    let names: std::collections::BTreeSet<&str> =
+        advertised.iter().map(|(_, n)| n.as_str()).collect();
+    assert!(
+        names.contains("XFERLAB_JOBS") && names.contains("XFERLAB_FEATURE_CACHE_MB"),
+        "{names:?}"
+    );
+    let spec = SMALL_SWEEP.replace("seed: [0, 1]", "seed: [0]");
+    for name in names {
+        let value = if name == "XFERLAB_STORE" {
+            "store"
+        } else {
+            "2"
+        };
+        let test = Test::new().file("spec.yaml", &spec).env(name, value);
+        for args in [
+            &["validate", "spec.yaml"][..],
+            &["plan", "spec.yaml"],
+            &["run", "spec.yaml", "--trial", "0", "--device", "cpu"],
+        ] {
+            let ran = test.run(args);
+            assert_eq!(
+                ran.code, 0,
+                "{name}={value} xferlab {args:?}: {}",
+                ran.stderr
+            );
+        }
+    }
+}
+
+/// `validate` checks what `run` checks: a device this build cannot open is refused by both.
+#[test]
+fn validate_refuses_a_device_run_refuses() {
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build may find the GPU
+    }
+    let test = Test::new().file("spec.yaml", SMALL_SWEEP);
+    for command in ["validate", "run"] {
+        let ran = test.run(&[command, "spec.yaml", "--set", "device=cuda:9"]);
+        assert_eq!(ran.code, 2, "{command}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("cannot use CUDA device 9") && ran.stderr.contains("--set device"),
+            "{command}: {}",
+            ran.stderr
+        );
+    }
+}
+
+/// A name too long for a folder is refused by `validate`, with the limit, not at run time
+/// with "File name too long".
+#[test]
+fn validate_refuses_a_name_too_long_for_a_folder() {
+    let long = "n".repeat(300);
+    let test = Test::new().file(
+        "spec.yaml",
+        SMALL_SWEEP.replace("name: small", &format!("name: {long}")),
+    );
+    let ran = test.run(&["validate", "spec.yaml"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("spec.yaml:1:7") && ran.stderr.contains("at most 200 characters"),
+        "{}",
+        ran.stderr
+    );
+}

@@ -22,6 +22,7 @@ pub struct Conv3x3 {
 }
 
 impl Conv3x3 {
+    /// A convolution with `weight` (out, in, 3, 3) and `bias` (out), on `device`.
     pub fn new(weight: Tensor, bias: Tensor, device: &Device) -> Result<Self> {
         let flip: Vec<u32> = (0..(SIZE * SIZE) as u32).rev().collect();
         Ok(Conv3x3 {
@@ -31,6 +32,7 @@ impl Conv3x3 {
         })
     }
 
+    /// Convolves `x` (N, in, H, W) into (N, out, H, W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.detach().conv2d(&self.weight.detach(), PADDING, 1, 1, 1)?;
         let y = if x.track_op() || self.weight.track_op() {

@@ -23,6 +23,17 @@ pub fn block_name(i: usize) -> String {
     format!("b{i}")
 }
 
+/// Number of blocks L of a model, without building it.
+pub fn block_count(model: &ModelSpec) -> usize {
+    match model.arch {
+        Arch::Mlp => model.hidden.as_ref().map_or(0, Vec::len),
+        Arch::Cnn6 => CNN6_BLOCKS,
+    }
+}
+
+/// cnn6: four 3x3 convolutions and one linear layer.
+const CNN6_BLOCKS: usize = 5;
+
 /// The block a parameter belongs to (1..=L), or None for the head.
 pub fn block_of(parameter: &str) -> Option<usize> {
     parameter.split('.').next()?.strip_prefix('b')?.parse().ok()
@@ -46,6 +57,40 @@ impl Layer {
             Layer::Flatten => x.flatten_from(1),
         }
     }
+}
+
+/// Why a source model's tensors do not fit a network; reads after the source's name.
+#[derive(Debug, thiserror::Error)]
+pub enum Mismatch {
+    /// A tensor a transferred block needs is absent.
+    #[error("has no tensor `{name}` (needed for block {block})")]
+    Missing {
+        /// The parameter.
+        name: String,
+        /// Its block.
+        block: usize,
+    },
+    /// A tensor has another shape than the parameter.
+    #[error("tensor `{name}` has shape {found:?}, the model needs {needed:?}")]
+    Shape {
+        /// The parameter.
+        name: String,
+        /// The tensor's shape.
+        found: Vec<usize>,
+        /// The parameter's shape.
+        needed: Vec<usize>,
+    },
+    /// A tensor does not hold floating-point numbers.
+    #[error("tensor `{name}` holds {dtype:?}, not floating-point weights")]
+    NotFloat {
+        /// The parameter.
+        name: String,
+        /// What it holds.
+        dtype: DType,
+    },
+    /// Copying failed.
+    #[error("cannot be copied: {0}")]
+    Copy(#[from] candle_core::Error),
 }
 
 /// A network: blocks, then a linear head. Owns its parameters in a [`VarMap`].
@@ -148,6 +193,7 @@ impl Network {
                     Layer::Linear(p.linear("b5.linear", flat, 256)?),
                     Layer::Relu,
                 ]);
+                debug_assert_eq!(blocks.len(), CNN6_BLOCKS);
                 256
             }
         };
@@ -197,12 +243,12 @@ impl Network {
     }
 
     /// Copies blocks 1..=`depth` from `source` (tensors by name); names the first tensor that
-    /// is missing or mis-shaped.
+    /// is missing or does not fit.
     pub fn transfer_from(
         &self,
         source: &HashMap<String, Tensor>,
         depth: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), Mismatch> {
         let data = self.varmap.data().lock().expect("varmap lock");
         let mut names: Vec<&String> = data
             .keys()
@@ -211,33 +257,30 @@ impl Network {
         names.sort();
         for name in names {
             let var = &data[name];
-            let tensor = source.get(name).ok_or_else(|| {
-                format!(
-                    "has no tensor `{name}` (needed for block {})",
-                    block_of(name).unwrap_or(0)
-                )
+            let tensor = source.get(name).ok_or_else(|| Mismatch::Missing {
+                name: name.clone(),
+                block: block_of(name).unwrap_or(0),
             })?;
             if tensor.dims() != var.dims() {
-                return Err(format!(
-                    "tensor `{name}` has shape {:?}, the model needs {:?}",
-                    tensor.dims(),
-                    var.dims()
-                ));
+                return Err(Mismatch::Shape {
+                    name: name.clone(),
+                    found: tensor.dims().to_vec(),
+                    needed: var.dims().to_vec(),
+                });
             }
             if !matches!(
                 tensor.dtype(),
                 DType::F16 | DType::BF16 | DType::F32 | DType::F64
             ) {
-                return Err(format!(
-                    "tensor `{name}` holds {:?}, not floating-point weights",
-                    tensor.dtype()
-                ));
+                return Err(Mismatch::NotFloat {
+                    name: name.clone(),
+                    dtype: tensor.dtype(),
+                });
             }
             let value = tensor
                 .to_dtype(DType::F32)
-                .and_then(|t| t.to_device(var.device()))
-                .map_err(|e| e.to_string())?;
-            var.set(&value).map_err(|e| e.to_string())?;
+                .and_then(|t| t.to_device(var.device()))?;
+            var.set(&value)?;
         }
         Ok(())
     }
@@ -314,6 +357,7 @@ mod tests {
             target
                 .transfer_from(&missing, 2)
                 .unwrap_err()
+                .to_string()
                 .contains("`b2.linear.bias`")
         );
     }

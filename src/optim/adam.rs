@@ -16,6 +16,7 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// Adam over `vars` (all f32), with zeroed moments.
     pub fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
         let vars = vars
             .into_iter()
@@ -34,6 +35,7 @@ impl Adam {
         })
     }
 
+    /// One update of every variable from its gradient in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let p = &self.params;

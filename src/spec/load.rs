@@ -8,9 +8,9 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::location::{Position, PositionMap};
+use super::location::PositionMap;
 use super::types::{BUILTIN_DATASET, Spec};
-use crate::error::{InputError, Origin};
+use crate::error::{InputError, Origin, Position};
 
 /// Prefix of environment variables that override spec keys (`XFERLAB_TRAIN__LR=0.01`).
 pub const ENV_PREFIX: &str = "XFERLAB_";
@@ -18,8 +18,18 @@ pub const ENV_PREFIX: &str = "XFERLAB_";
 /// MLflow's conventional variable for the tracking server: sets `tracking.mlflow.uri`.
 pub const MLFLOW_URI_VARIABLE: &str = "MLFLOW_TRACKING_URI";
 
-/// `XFERLAB_` variables that configure the command line, not the spec.
-const CLI_VARIABLES: [&str; 1] = ["store"];
+/// `XFERLAB_` variables that set command-line options, not spec keys: clap reads each
+/// (`env = ...`), and the loader skips every one of `ALL`.
+pub mod command_line_variables {
+    /// `--jobs`.
+    pub const JOBS: &str = "XFERLAB_JOBS";
+    /// `--feature-cache-mb`.
+    pub const FEATURE_CACHE_MB: &str = "XFERLAB_FEATURE_CACHE_MB";
+    /// `--store`.
+    pub const STORE: &str = "XFERLAB_STORE";
+    /// Every one of them.
+    pub const ALL: [&str; 3] = [JOBS, FEATURE_CACHE_MB, STORE];
+}
 
 /// A spec file as read, for locating errors in it.
 #[derive(Debug)]
@@ -130,10 +140,16 @@ impl LoadedSpec {
 pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
     let file = SpecFile::read(path)?;
     let overrides = Overrides::parse(given)?;
+    // figment names a variable by its key: `XFERLAB_JOBS` is `jobs`.
+    let command_line: Vec<String> = command_line_variables::ALL
+        .iter()
+        .map(|v| v.strip_prefix(ENV_PREFIX).unwrap_or(v).to_lowercase())
+        .collect();
+    let command_line: Vec<&str> = command_line.iter().map(String::as_str).collect();
     let figment = Figment::new()
         .merge(Yaml::file_exact(path))
         .merge(MlflowEnv::read())
-        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&CLI_VARIABLES))
+        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&command_line))
         .merge(overrides);
     let mut spec: Spec = match figment.extract() {
         Ok(spec) => spec,

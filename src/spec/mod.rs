@@ -1,12 +1,15 @@
-//! The experiment spec: types, layered loading, validation, JSON Schema.
+//! The experiment spec: types, layered loading with located errors, JSON Schema. The floor
+//! of the crate: it knows nothing of data, models, devices or trackers (the planner checks
+//! what needs them).
 
+mod device;
 pub mod load;
 pub mod location;
 pub mod suggest;
 mod types;
-pub mod validate;
 
-pub use load::{LoadedSpec, MLFLOW_URI_VARIABLE, load};
+pub use device::{CHOICES, DeviceChoice};
+pub use load::{LoadedSpec, MLFLOW_URI_VARIABLE, command_line_variables, load};
 pub use types::*;
 
 /// The JSON Schema of the spec, as committed in `schemas/experiment.schema.json`.

@@ -48,8 +48,11 @@ pub struct Spec {
     /// Where trials run: auto (a GPU when the binary has CUDA and one answers, else the CPU),
     /// cpu, cuda or cuda:N; `--device` overrides it. Not part of a trial's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(auto|cpu|cuda(:[0-9]+)?)$"))]
-    pub device: Option<String>,
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    )]
+    pub device: Option<super::DeviceChoice>,
 }
 
 /// Tracking servers that receive the sweep besides the run store (the source of truth).

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+mod check;
+
 use crate::data::Catalog;
 use crate::error::InputError;
-use crate::spec::validate::{self, block_count};
+use crate::model::block_count;
 use crate::spec::{
     DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec, TrainSpec,
     suggest,
@@ -45,6 +47,13 @@ impl TrialConfig {
             .to_string();
         hex(&Sha256::digest(canonical.as_bytes()))[..12].to_string()
     }
+}
+
+/// A seed for one purpose (`init`, `batches`, `target.train`, ...), derived from a trial's or a
+/// pretraining's seed, so that the random streams of one seed do not correlate.
+pub fn derive_seed(seed: u64, purpose: &str) -> u64 {
+    let digest = Sha256::digest(format!("{seed}/{purpose}").as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// Lower-case hex of some bytes.
@@ -207,7 +216,7 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
                 ),
             )
         })?;
-        validate::check(&point, catalog, &at)?;
+        check::check(&point, catalog, &at)?;
         let l = block_count(&point.model);
         blocks = blocks.max(l);
         for entry in &point.strategies {

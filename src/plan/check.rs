@@ -1,22 +1,19 @@
-//! Checks a spec's values beyond their types: ranges, names, depths and the data they name.
+//! Checks a sweep point beyond its types: ranges, names, depths, and what the later stages
+//! know (the data it names, the model's blocks, the tracking address). The spec itself knows
+//! none of these, so the check lives with the planner, which runs it on every sweep point.
 
 use std::collections::BTreeSet;
 
-use super::suggest;
-use super::types::*;
 use crate::data::{Catalog, ImageShape};
 use crate::error::InputError;
+use crate::model;
+use crate::spec::*;
 
 /// Makes a located error for the value at a key path.
 pub type Locate<'a> = &'a dyn Fn(&str, String) -> InputError;
 
-/// Number of blocks of a model, without building it.
-pub fn block_count(model: &ModelSpec) -> usize {
-    match model.arch {
-        Arch::Mlp => model.hidden.as_ref().map_or(0, Vec::len),
-        Arch::Cnn6 => 5,
-    }
-}
+/// Longest `name`: it names a folder, and file systems allow 255 bytes per name.
+const MAX_NAME: usize = 200;
 
 /// Checks one fully resolved spec (a sweep point: every axis replaced by one value).
 pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputError> {
@@ -32,22 +29,27 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
                 .with_help("use letters, digits, `-`, `_` and `.`, not starting with `.`"),
         );
     }
+    if spec.name.len() > MAX_NAME {
+        return Err(at(
+            "name",
+            format!(
+                "a name of {} characters is too long for a run folder",
+                spec.name.len()
+            ),
+        )
+        .with_help(format!("use at most {MAX_NAME} characters")));
+    }
     for (name, dataset) in &spec.datasets {
         check_dataset(&format!("datasets.{name}"), dataset, at)?;
     }
     check_model(&spec.model, at)?;
-    if let Some(device) = &spec.device {
-        device.parse::<crate::device::DeviceChoice>().map_err(|e| {
-            at("device", e.message).with_help(format!("use {}", crate::device::CHOICES))
-        })?;
-    }
     if let Some(mlflow) = spec.tracking.as_ref().and_then(|t| t.mlflow.as_ref()) {
         crate::tracking::mlflow::Client::new(&mlflow.uri).map_err(|message| {
             at("tracking.mlflow.uri", message)
                 .with_help("xferlab talks to MLflow tracking servers over HTTP, e.g. http://127.0.0.1:5000 (`just mlflow` starts one)")
         })?;
     }
-    let blocks = block_count(&spec.model);
+    let blocks = model::block_count(&spec.model);
 
     let selections = selections(spec);
     for (path, selection) in &selections {

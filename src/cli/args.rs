@@ -1,0 +1,148 @@
+//! The command line's arguments, as clap parses them; `--help` is written here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use xferlab::device::{CHOICES, DeviceChoice};
+use xferlab::error::InputError;
+use xferlab::report::Format;
+use xferlab::spec::command_line_variables as env;
+
+/// Declarative transfer-learning experiments: how much does transfer help, and how deep to freeze?
+///
+/// Write one YAML spec (see experiments/), then: `xferlab validate` it, `xferlab plan` it to
+/// see the trials, `xferlab run` it (interrupt and re-run at will: finished trials are kept),
+/// and `xferlab report` it.
+#[derive(Parser)]
+#[command(version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A spec file and its overrides.
+#[derive(clap::Args)]
+pub struct SpecArgs {
+    /// The experiment spec (YAML).
+    pub spec: PathBuf,
+    /// Override a spec key: `--set train.lr=0.01`, `--set sweep.seed=[0,1,2]` (value is YAML).
+    /// Layers: spec file < XFERLAB_* environment (XFERLAB_TRAIN__LR=0.01) < --set.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Parse and check a spec; prints nothing but errors.
+    ///
+    /// Checks what `run` checks before it trains: every sweep point, the data it names, a
+    /// checkpoint source against the deepest transfer, and the spec's device.
+    Validate(SpecArgs),
+    /// Show the trials a spec expands to, after merging equal ones.
+    Plan {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the sweep, skipping trials the run store already has; prints the result table.
+    Run {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Where tensors live: cpu, cuda, cuda:N, or auto (a GPU when the binary has CUDA and
+        /// one answers, else the CPU). Default: the spec's `device`, else auto.
+        #[arg(long, value_name = "DEVICE", value_parser = device_choice)]
+        device: Option<DeviceChoice>,
+        /// Trials run at once. One small trial leaves a big GPU mostly idle: try 4-8 there.
+        /// Records do not depend on it.
+        #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256), env = env::JOBS)]
+        jobs: u16,
+        /// MiB of frozen-block outputs kept in device memory and reused across epochs,
+        /// evaluation and trials that share the source model, freeze_depth and data; 0 runs
+        /// frozen blocks every step. A trial whose features do not fit runs them every step.
+        /// On a GPU each of the --jobs has its own CUDA stream and an equal share.
+        #[arg(long, value_name = "MIB", default_value_t = 4096, env = env::FEATURE_CACHE_MB)]
+        feature_cache_mb: usize,
+        /// Run only this trial: its index in the plan, or its id (a unique prefix will do).
+        #[arg(long, value_name = "ID|INDEX")]
+        trial: Option<String>,
+        /// Root folder of the run store.
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
+    /// Result tables of a sweep, its figures and an HTML page; or two sweeps compared.
+    ///
+    /// Per group of trials: mean, std and 95% interval over seeds, the gain over scratch
+    /// paired by seed, and the best strategy and depth at each setting, with its ties.
+    /// With two sweeps (RUN_A RUN_B), compares them side by side.
+    Report {
+        /// A sweep folder (runs/NAME) or the spec that made it; a second one to compare.
+        #[arg(required = true, num_args = 1..=2, value_name = "RUN")]
+        runs: Vec<PathBuf>,
+        /// Output format (a comparison prints as table or md).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Also write the figures as SVG and PNG into this folder (one sweep only).
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+        /// Also write one self-contained HTML page: tables, figures, failed trials, facts, spec
+        /// (one sweep only).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Root folder of the run store (when RUN is a spec).
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
+    /// Upload to the tracking server what it has not got yet; safe to repeat.
+    ///
+    /// Each trial is found again by its `xferlab.trial_id` tag, so running sync twice, or
+    /// after a partial upload, leaves every trial on the server exactly once.
+    Sync {
+        /// A sweep folder (runs/NAME) or the spec that made it.
+        run: PathBuf,
+        /// Server address; by default the spec's `tracking.mlflow.uri`, else MLFLOW_TRACKING_URI.
+        #[arg(long, value_name = "URI")]
+        to: Option<String>,
+        /// Root folder of the run store (when RUN is a spec).
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
+    /// Print the JSON Schema of experiment specs.
+    Schema,
+}
+
+/// `--device`'s value, with clap's own error layout.
+fn device_choice(name: &str) -> Result<DeviceChoice, String> {
+    name.parse()
+        .map_err(|e: InputError| format!("{}; use {CHOICES}", e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every option read from an `XFERLAB_` variable must be one the spec loader skips, or
+    /// setting it breaks loading the spec ("unknown key `jobs`").
+    #[test]
+    fn every_option_variable_is_skipped_by_the_spec_loader() {
+        let cli = Cli::command();
+        let mut seen = Vec::new();
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                if let Some(name) = arg.get_env() {
+                    let name = name.to_string_lossy().into_owned();
+                    assert!(env::ALL.contains(&name.as_str()), "{name} is not in ALL");
+                    seen.push(name);
+                }
+            }
+        }
+        for name in env::ALL {
+            assert!(seen.iter().any(|s| s == name), "{name} is no option's");
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The `xferlab` command line: parses arguments, calls the library, prints what it returns,
+//! and maps errors to exit codes.
+
+mod args;
+mod progress;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use xferlab::error::{Error, InputError, exit};
+use xferlab::experiment::Experiment;
+use xferlab::report::{self, Format};
+use xferlab::runner::{self, RunOptions};
+use xferlab::spec::{self, Spec};
+use xferlab::store::{RunStore, write_atomic};
+use xferlab::tracking::Target;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    xferlab::interrupt::install(|| {
+        eprintln!(
+            "\ninterrupted: stopping after recording the trial in progress (Ctrl-C again to quit at once)"
+        )
+    });
+    match execute(Cli::parse().command) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            match &error {
+                Error::Input(input) => eprint!("{input}"),
+                other => eprintln!("error: {other}"),
+            }
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<u8, Error> {
+    match command {
+        Command::Validate(args) => {
+            let experiment = Experiment::prepare(&args.spec, &args.overrides)?;
+            experiment.device(None)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Plan { spec, json } => {
+            let plan = Experiment::prepare(&spec.spec, &spec.overrides)?.plan;
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plans serialise")
+                ),
+                false => print!("{}", xferlab::plan::render(&plan)),
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Run {
+            spec,
+            device,
+            jobs,
+            feature_cache_mb,
+            trial,
+            store,
+        } => {
+            let experiment = Experiment::prepare(&spec.spec, &spec.overrides)?;
+            let options = RunOptions {
+                device: experiment.device(device)?,
+                store: store.clone(),
+                jobs: usize::from(jobs),
+                feature_cache_mb,
+                trial,
+            };
+            let progress = progress::Progress::default();
+            let summary = runner::run(&experiment, &options, &|e| progress.show(e))?;
+            let run_store = RunStore::new(&store, &experiment.plan.name);
+            let records = run_store.records(&experiment.plan)?;
+            let built = report::build(&experiment.plan, &records);
+            print!("{}", report::render(&built, Format::Table));
+            eprintln!(
+                "run store: {} ({} run now, {} already done, {} failed, {} busy elsewhere)",
+                run_store.root().display(),
+                summary.finished + summary.failed,
+                summary.already_done,
+                summary.failed,
+                summary.busy
+            );
+            if let Some(tracking) = &summary.tracking {
+                eprint!("{tracking}");
+            }
+            Ok(if summary.interrupted {
+                eprintln!(
+                    "interrupted: finished trials are kept; run the same command again to resume"
+                );
+                exit::INTERRUPTED
+            } else if summary.failed > 0 {
+                exit::FAILED
+            } else {
+                exit::SUCCESS
+            })
+        }
+        Command::Report {
+            runs,
+            format,
+            plots,
+            html,
+            store,
+        } => {
+            let mut sweeps = Vec::new();
+            for run in &runs {
+                let run_store = open_run(run, &store)?;
+                let plan = run_store.plan()?;
+                let records = run_store.records(&plan)?;
+                let built = report::build(&plan, &records);
+                sweeps.push((run_store, plan, records, built));
+            }
+            if let [(_, _, _, a), (_, _, _, b)] = &sweeps[..] {
+                print!("{}", report::compare(a, b, format == Format::Md));
+                return Ok(exit::SUCCESS);
+            }
+            let (run_store, plan, records, built) = &sweeps[0];
+            print!("{}", report::render(built, format));
+            if plots.is_none() && html.is_none() {
+                return Ok(exit::SUCCESS);
+            }
+            let figures = report::plots::figures(built, plan, records).map_err(|e| Error::Io {
+                context: "cannot draw the figures".into(),
+                source: std::io::Error::other(e),
+            })?;
+            if let Some(dir) = plots {
+                for figure in &figures {
+                    let png = report::plots::png(&figure.svg).map_err(|e| Error::Io {
+                        context: format!("cannot render {} as PNG", figure.name),
+                        source: std::io::Error::other(e),
+                    })?;
+                    write_atomic(
+                        &dir.join(format!("{}.svg", figure.name)),
+                        figure.svg.as_bytes(),
+                    )?;
+                    write_atomic(&dir.join(format!("{}.png", figure.name)), &png)?;
+                }
+                eprintln!("{} figure(s) written to {}", figures.len(), dir.display());
+            }
+            if let Some(file) = html {
+                let identity = run_store.saved_identity()?;
+                let page = report::html::Page {
+                    report: built,
+                    records,
+                    figures: &figures,
+                    spec_yaml: &run_store.spec_yaml()?,
+                    overrides: &run_store.overrides()?,
+                    identity: identity.as_ref(),
+                };
+                write_atomic(&file, report::html::render(&page).as_bytes())?;
+                eprintln!("page written to {}", file.display());
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Sync { run, to, store } => {
+            let run_store = open_run(&run, &store)?;
+            let spec: Spec = serde_yaml::from_str(&run_store.spec_yaml()?).map_err(|e| {
+                InputError::new(format!(
+                    "cannot read the spec saved in {}: {e}",
+                    run_store.root().display()
+                ))
+            })?;
+            let target = match (to, Target::of(&spec)) {
+                (Some(uri), found) => Target {
+                    uri,
+                    experiment: found.map_or(spec.name.clone(), |t| t.experiment),
+                },
+                (None, Some(target)) => target,
+                (None, None) => match std::env::var(spec::MLFLOW_URI_VARIABLE) {
+                    Ok(uri) if !uri.is_empty() => Target {
+                        uri,
+                        experiment: spec.name.clone(),
+                    },
+                    _ => {
+                        return Err(InputError::new(format!(
+                            "the sweep in {} names no tracking server",
+                            run_store.root().display()
+                        ))
+                        .with_help("give one: xferlab sync RUN --to http://127.0.0.1:5000")
+                        .into());
+                    }
+                },
+            };
+            xferlab::tracking::mlflow::Client::new(&target.uri)
+                .map_err(|m| InputError::new(m).with_help("e.g. --to http://127.0.0.1:5000"))?;
+            let outcome = xferlab::tracking::sync(&target, &run_store, &|m| eprintln!("{m}"))?;
+            eprint!("{}", outcome.describe(&target, run_store.root()));
+            Ok(if outcome.missed.is_empty() && outcome.ended {
+                exit::SUCCESS
+            } else {
+                exit::FAILED
+            })
+        }
+        Command::Schema => {
+            print!("{}", spec::json_schema());
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+/// A sweep folder, or the folder of the sweep a spec file names.
+fn open_run(run: &Path, store: &Path) -> Result<RunStore, Error> {
+    if run.is_file() {
+        let loaded = spec::load(run, &[])?;
+        return RunStore::open(&store.join(&loaded.spec.name));
+    }
+    if !run.exists() {
+        return Err(InputError::new(format!("{} does not exist", run.display()))
+            .with_help("give a sweep folder (runs/NAME) or a spec file")
+            .into());
+    }
+    RunStore::open(run)
+}

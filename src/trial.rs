@@ -1,0 +1,202 @@
+//! One trial, start to end: its data (sampled with seeds derived from the trial's), its
+//! network with blocks 1..t transferred, the frozen prefix's features from the cache, fitting,
+//! evaluation, the checkpoint, and its record. Which errors end only this trial and which stop
+//! the sweep is decided here, in `run`.
+
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::Device;
+
+use crate::data::{Batchable, Catalog};
+use crate::error::{Error, InputError, Result};
+use crate::features::{self, FeatureCache, Features};
+use crate::model::Network;
+use crate::plan::{Trial, TrialConfig, derive_seed};
+use crate::source::Sources;
+use crate::spec::DataSelection;
+use crate::store::{RunStore, Status, Timings, TrialRecord};
+use crate::train::{self, Fit};
+
+/// What running a trial needs besides the trial itself.
+pub struct Context<'a> {
+    /// The datasets.
+    pub catalog: &'a Catalog,
+    /// Where checkpoints go.
+    pub store: &'a RunStore,
+    /// Whether to save the trained weights.
+    pub checkpoints: bool,
+    /// Where tensors live.
+    pub device: &'a Device,
+    /// Source models loaded (or pretrained) on that device.
+    pub sources: &'a Mutex<Sources>,
+    /// Frozen-prefix features on that device.
+    pub cache: &'a FeatureCache,
+    /// Tells the user about long work (pretraining a source model).
+    pub say: &'a dyn Fn(&str),
+}
+
+/// Runs one trial and returns its record, finished, failed or interrupted. Bad input and a
+/// store that cannot be written (a full disk) are errors that stop the sweep; anything else
+/// (a diverging loss, a failed tensor operation) fails only this trial, in its record.
+pub fn run(trial: &Trial, context: &Context) -> Result<TrialRecord> {
+    let mut record = TrialRecord {
+        id: trial.id.clone(),
+        index: trial.index,
+        strategies: trial.strategies.clone(),
+        transfer_depth: trial.config.transfer_depth,
+        freeze_depth: trial.config.freeze_depth,
+        axes: trial.axes.clone(),
+        status: Status::Failed,
+        error: None,
+        eval: None,
+        curve: Vec::new(),
+        steps: 0,
+        timings: Timings {
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            setup_seconds: 0.0,
+            train_seconds: 0.0,
+            eval_seconds: 0.0,
+        },
+        device: crate::device::name(context.device),
+        source: None,
+        xferlab_version: env!("CARGO_PKG_VERSION").to_string(),
+        config: trial.config.clone(),
+    };
+    match train_and_evaluate(trial, context, &mut record) {
+        Ok(()) => Ok(record),
+        Err(e @ (Error::Input(_) | Error::Io { .. })) => Err(e),
+        Err(Error::Interrupted) => {
+            record.status = Status::Interrupted;
+            record.error = Some("interrupted by Ctrl-C while preparing the trial".into());
+            Ok(record)
+        }
+        Err(e) => {
+            record.error = Some(e.to_string());
+            Ok(record)
+        }
+    }
+}
+
+/// The trial's target data, sampled with seeds of its own.
+struct TargetData {
+    train: Batchable,
+    eval: Batchable,
+}
+
+fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord) -> Result<()> {
+    let started = Instant::now();
+    let config = &trial.config;
+    let (catalog, device) = (context.catalog, context.device);
+    let data = TargetData {
+        train: catalog.select(
+            &config.target.train,
+            derive_seed(config.seed, "target.train"),
+            device,
+        )?,
+        eval: catalog.select(
+            &config.target.eval,
+            derive_seed(config.seed, "target.eval"),
+            device,
+        )?,
+    };
+    let net = Network::new(
+        &config.model,
+        catalog.shape(&config.target.train.dataset)?,
+        data.train.classes,
+        derive_seed(config.seed, "init"),
+        device,
+    )?;
+    let (train_features, eval_features) = transfer(config, context, &net, &data, record)?;
+    record.timings.setup_seconds = started.elapsed().as_secs_f64();
+
+    let training = Instant::now();
+    let fit = train::fit(
+        &net,
+        &data.train,
+        train_features.as_ref(),
+        &config.train,
+        config.freeze_depth,
+        derive_seed(config.seed, "batches"),
+    )?;
+    record.timings.train_seconds = training.elapsed().as_secs_f64();
+    record.steps = train::step_count(&config.train, data.train.targets.dim(0)?);
+    match fit {
+        Fit::Done(curve) => record.curve = curve,
+        Fit::Interrupted { step, curve } => {
+            record.curve = curve;
+            record.steps = step;
+            record.status = Status::Interrupted;
+            record.error = Some(format!("interrupted by Ctrl-C after step {step}"));
+            return Ok(());
+        }
+        Fit::Diverged { step, curve } => {
+            record.curve = curve;
+            record.steps = step;
+            record.error = Some(format!(
+                "training loss became NaN or infinite by step {step}"
+            ));
+            return Ok(());
+        }
+    }
+
+    let evaluating = Instant::now();
+    record.eval = Some(train::evaluate(
+        &net,
+        &data.eval,
+        eval_features.as_ref(),
+        config.freeze_depth,
+    )?);
+    record.timings.eval_seconds = evaluating.elapsed().as_secs_f64();
+    if context.checkpoints {
+        context
+            .store
+            .write_checkpoint(&trial.id, |path| net.save(path))?;
+    }
+    record.status = Status::Finished;
+    Ok(())
+}
+
+/// Copies blocks 1..t from the source model into `net`, and returns the frozen prefix's
+/// features on the train and eval data when the cache holds them.
+fn transfer(
+    config: &TrialConfig,
+    context: &Context,
+    net: &Network,
+    data: &TargetData,
+    record: &mut TrialRecord,
+) -> Result<(Option<Features>, Option<Features>)> {
+    if config.transfer_depth == 0 {
+        return Ok((None, None));
+    }
+    let source =
+        context
+            .sources
+            .lock()
+            .expect("sources lock")
+            .get(config, context.catalog, context.say)?;
+    net.transfer_from(&source.tensors, config.transfer_depth)
+        .map_err(|m| InputError::new(format!("source model {} {m}", source.label)))?;
+    record.source = Some(source.label.clone());
+    // Features depend on the source, the depth, and the images: the dataset's split and
+    // definition, whatever subset or seed the trial samples from it.
+    let features = |selection: &DataSelection, data| {
+        let key = features::Key {
+            source: source.label.clone(),
+            depth: config.freeze_depth,
+            data: serde_json::json!([
+                selection.dataset,
+                selection.split,
+                config.datasets[&selection.dataset]
+            ])
+            .to_string(),
+        };
+        context.cache.features(key, net, data)
+    };
+    Ok((
+        features(&config.target.train, &data.train)?,
+        features(&config.target.eval, &data.eval)?,
+    ))
+}
