@@ -238,6 +238,34 @@ impl RunStore {
         })
     }
 
+    /// The sweep a command names: a sweep folder (runs/NAME), or a spec file, whose sweep is
+    /// looked up under `store`.
+    pub fn find(run: &Path, store: &Path) -> Result<Self> {
+        if run.is_file() {
+            let loaded = crate::spec::load(run, &[])?;
+            return RunStore::open(&store.join(&loaded.spec.name));
+        }
+        if !run.exists() {
+            return Err(
+                crate::error::InputError::new(format!("{} does not exist", run.display()))
+                    .with_help("give a sweep folder (runs/NAME) or a spec file")
+                    .into(),
+            );
+        }
+        RunStore::open(run)
+    }
+
+    /// The resolved spec of the latest `run`, read back.
+    pub fn saved_spec(&self) -> Result<crate::spec::Spec> {
+        serde_yaml::from_str(&self.spec_yaml()?).map_err(|e| {
+            crate::error::InputError::new(format!(
+                "cannot read the spec saved in {}: {e}",
+                self.root.display()
+            ))
+            .into()
+        })
+    }
+
     /// The sweep folder.
     pub fn root(&self) -> &Path {
         &self.root

@@ -4,7 +4,6 @@
 mod args;
 mod progress;
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +11,7 @@ use xferlab::error::{Error, InputError, exit};
 use xferlab::experiment::Experiment;
 use xferlab::report::{self, Format};
 use xferlab::runner::{self, RunOptions};
-use xferlab::spec::{self, Spec};
+use xferlab::spec;
 use xferlab::store::{RunStore, write_atomic};
 use xferlab::tracking::Target;
 
@@ -113,7 +112,7 @@ fn execute(command: Command) -> Result<u8, Error> {
         } => {
             let mut sweeps = Vec::new();
             for run in &runs {
-                let run_store = open_run(run, &store)?;
+                let run_store = RunStore::find(run, &store)?;
                 let plan = run_store.plan()?;
                 let records = run_store.records(&plan)?;
                 let built = report::build(&plan, &records);
@@ -162,13 +161,8 @@ fn execute(command: Command) -> Result<u8, Error> {
             Ok(exit::SUCCESS)
         }
         Command::Sync { run, to, store } => {
-            let run_store = open_run(&run, &store)?;
-            let spec: Spec = serde_yaml::from_str(&run_store.spec_yaml()?).map_err(|e| {
-                InputError::new(format!(
-                    "cannot read the spec saved in {}: {e}",
-                    run_store.root().display()
-                ))
-            })?;
+            let run_store = RunStore::find(&run, &store)?;
+            let spec = run_store.saved_spec()?;
             let target = match (to, Target::of(&spec)) {
                 (Some(uri), found) => Target {
                     uri,
@@ -205,18 +199,4 @@ fn execute(command: Command) -> Result<u8, Error> {
             Ok(exit::SUCCESS)
         }
     }
-}
-
-/// A sweep folder, or the folder of the sweep a spec file names.
-fn open_run(run: &Path, store: &Path) -> Result<RunStore, Error> {
-    if run.is_file() {
-        let loaded = spec::load(run, &[])?;
-        return RunStore::open(&store.join(&loaded.spec.name));
-    }
-    if !run.exists() {
-        return Err(InputError::new(format!("{} does not exist", run.display()))
-            .with_help("give a sweep folder (runs/NAME) or a spec file")
-            .into());
-    }
-    RunStore::open(run)
 }
