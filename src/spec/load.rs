@@ -1,5 +1,9 @@
 //! Loading a spec: figment layers (defaults < YAML file < `XFERLAB_` environment < `--set`),
 //! with every error mapped back to a file position, variable or override.
+//!
+//! A value is never allowed to change meaning on its way to the typed spec: the layers hold
+//! JSON values, where a NaN or an infinity would become `null` (for `per_class`, "every
+//! image"), so those are refused as written, at their line and column.
 
 use std::path::{Path, PathBuf};
 
@@ -55,11 +59,41 @@ impl SpecFile {
                 line_text: line_of(&text, e.position.line),
             })
         })?;
-        Ok(SpecFile {
+        let file = SpecFile {
             path: path.to_path_buf(),
             text,
             positions,
-        })
+        };
+        match file.positions.non_finite() {
+            Some(number) => Err(file.non_finite_error(number)),
+            None => Ok(file),
+        }
+    }
+
+    /// A NaN or an infinity in the file, refused where it is written.
+    fn non_finite_error(&self, number: &super::location::NonFinite) -> InputError {
+        // A sweep value is named by its axis (`sweep.target.train.per_class.0`).
+        let axis = number
+            .path
+            .strip_prefix("sweep.")
+            .and_then(|rest| rest.rsplit_once('.'))
+            .filter(|(axis, index)| {
+                index.parse::<usize>().is_ok()
+                    && self.positions.key(&format!("sweep.{axis}")).is_some()
+            });
+        let message = match axis {
+            Some((axis, _)) => format!(
+                "sweep value `{}` does not fit `{axis}`: it is not a finite number",
+                number.text
+            ),
+            None => format!(
+                "`{}`: `{}` is not a finite number",
+                number.path, number.text
+            ),
+        };
+        InputError::new(message)
+            .with_origin(self.origin_at(Some(number.position)))
+            .with_help(NON_FINITE_HELP)
     }
 
     /// Where in this file the value (or, with `key`, the key) at `key_path` is.
@@ -82,6 +116,9 @@ impl SpecFile {
         }
     }
 }
+
+const NON_FINITE_HELP: &str =
+    "every number in a spec must be finite: no key takes NaN or an infinity";
 
 fn line_of(text: &str, line: usize) -> Option<String> {
     text.lines().nth(line.checked_sub(1)?).map(str::to_string)
@@ -205,37 +242,55 @@ impl Overrides {
                     .with_origin(origin)
                     .with_help("e.g. --set train.lr=0.01 or --set sweep.seed=[0,1,2]"));
             };
-            let key = key.trim();
-            let value: serde_json::Value = serde_yaml::from_str::<serde_yaml::Value>(text)
-                .map_err(|e| e.to_string())
-                .and_then(|v| match non_finite(&v) {
-                    // JSON, and so the layers, cannot hold it: it would turn into null.
-                    Some(n) => Err(format!("{n} is not a finite number")),
-                    None => serde_json::to_value(v).map_err(|e| e.to_string()),
-                })
-                .map_err(|e| {
-                    InputError::new(format!("cannot read the value of `{key}`: {e}"))
-                        .with_origin(origin.clone())
-                })?;
-            // A sweep axis is itself a key path: `sweep.train.lr` sets the axis `train.lr`.
-            let segments: Vec<&str> = match key.strip_prefix("sweep.") {
-                Some(axis) => vec!["sweep", axis],
-                None => key.split('.').collect(),
-            };
-            if segments.iter().any(|s| s.is_empty()) {
-                return Err(InputError::new(format!("`{key}` is not a key path"))
-                    .with_origin(origin)
-                    .with_help("key paths are names joined by dots, e.g. target.train.per_class"));
-            }
-            insert(&mut root, &segments, value).map_err(|prefix| {
-                InputError::new(format!(
-                    "`{key}` sets a key inside `{prefix}`, which another override sets to a value"
-                ))
-                .with_origin(origin.clone())
-            })?;
+            set(&mut root, key.trim(), text, origin, "override")?;
         }
         Ok(Overrides(serde_json::Value::Object(root)))
     }
+}
+
+/// Sets `key` (a dotted key path) to the YAML `text` in `root`.
+fn set(
+    root: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    text: &str,
+    origin: Origin,
+    kind: &str,
+) -> Result<(), InputError> {
+    let value = read_value(text).map_err(|e| {
+        InputError::new(format!("cannot read the value of `{key}`: {e}"))
+            .with_origin(origin.clone())
+    })?;
+    // A sweep axis is itself a key path: `sweep.train.lr` sets the axis `train.lr`.
+    let segments: Vec<&str> = match key.strip_prefix("sweep.") {
+        Some(axis) => vec!["sweep", axis],
+        None => key.split('.').collect(),
+    };
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(InputError::new(format!("`{key}` is not a key path"))
+            .with_origin(origin)
+            .with_help("key paths are names joined by dots, e.g. target.train.per_class"));
+    }
+    insert(root, &segments, value).map_err(|prefix| {
+        InputError::new(format!(
+            "`{key}` sets a key inside `{prefix}`, which another {kind} sets to a value"
+        ))
+        .with_origin(origin)
+    })
+}
+
+/// A value as YAML, refused when it holds a NaN or an infinity: JSON, and so the layers,
+/// cannot hold one; it would turn into null.
+fn read_value(text: &str) -> Result<serde_json::Value, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(number) = non_finite(&value) {
+        // Name it as written (`.nan`, `-.inf`), as the file's check does.
+        let written = PositionMap::parse(text)
+            .ok()
+            .and_then(|map| map.non_finite().map(|n| format!("`{}`", n.text)))
+            .unwrap_or_else(|| number.to_string());
+        return Err(format!("{written} is not a finite number"));
+    }
+    serde_json::to_value(value).map_err(|e| e.to_string())
 }
 
 /// The first NaN or infinity in a YAML value.
