@@ -1,9 +1,11 @@
 //! Loading a spec: figment layers (defaults < YAML file < `XFERLAB_` environment < `--set`),
 //! with every error mapped back to a file position, variable or override.
 //!
-//! A value is never allowed to change meaning on its way to the typed spec: the layers hold
-//! JSON values, where a NaN or an infinity would become `null` (for `per_class`, "every
-//! image"), so those are refused as written, at their line and column.
+//! Every value a person writes is YAML, read by serde_yaml: the file, an `XFERLAB_` variable
+//! and a `--set` alike, so `1e-3`, `0x10` or `[0, 1]` mean the same in each. A value is never
+//! allowed to change meaning on its way to the typed spec: the layers hold JSON values, where a
+//! NaN or an infinity would become `null` (for `per_class`, "every image"), so those are
+//! refused as written, at their line and column.
 
 use std::path::{Path, PathBuf};
 
@@ -167,10 +169,11 @@ impl LoadedSpec {
 pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
     let file = SpecFile::read(path)?;
     let overrides = Overrides::parse(given)?;
+    let environment = Overrides::from_environment(&CLI_VARIABLES)?;
     let figment = Figment::new()
         .merge(Yaml::file_exact(path))
         .merge(MlflowEnv::read())
-        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&CLI_VARIABLES))
+        .merge(environment)
         .merge(overrides);
     let mut spec: Spec = match figment.extract() {
         Ok(spec) => spec,
@@ -228,9 +231,14 @@ impl Provider for MlflowEnv {
 }
 
 const OVERRIDE_NAME: &str = "--set";
+const ENV_NAME: &str = "`XFERLAB_` environment variables";
 
-/// `--set key.path=value` overrides; the value is YAML (`0.1`, `adam`, `[1, 2]`).
-struct Overrides(serde_json::Value);
+/// Values set by key path, each read as YAML (`0.1`, `adam`, `[1, 2]`): the `--set key.path=value`
+/// overrides, or the `XFERLAB_KEY__PATH=value` environment variables.
+struct Overrides {
+    name: &'static str,
+    values: serde_json::Value,
+}
 
 impl Overrides {
     fn parse(items: &[String]) -> Result<Self, InputError> {
@@ -244,7 +252,57 @@ impl Overrides {
             };
             set(&mut root, key.trim(), text, origin, "override")?;
         }
-        Ok(Overrides(serde_json::Value::Object(root)))
+        Ok(Overrides {
+            name: OVERRIDE_NAME,
+            values: serde_json::Value::Object(root),
+        })
+    }
+
+    /// The `XFERLAB_` variables but those in `ignore` (keys, as figment names them: `store`),
+    /// `__` separating keys. Read as YAML like `--set` (figment's own reading would take
+    /// `1.e999` for an infinity, and so `null`, `010` for 10, and `1e-3` for text).
+    fn from_environment(ignore: &[&str]) -> Result<Self, InputError> {
+        let variables = Env::prefixed(ENV_PREFIX).split("__").ignore(ignore);
+        Self::from_variables(variables.iter().map(|(key, text)| (key.to_string(), text)))
+    }
+
+    /// Variables as (key path, value): (`train.lr`, `0.01`) for `XFERLAB_TRAIN__LR=0.01`.
+    fn from_variables(
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, InputError> {
+        let mut entries: Vec<(String, String)> = variables.into_iter().collect();
+        // The environment has no order: sort, so a conflict is reported the same way each time.
+        entries.sort();
+        let mut root = serde_json::Map::new();
+        for (key, text) in entries {
+            let origin = Origin::Env(variable_name(&key));
+            set(&mut root, &key, &text, origin, "variable")?;
+        }
+        Ok(Overrides {
+            name: ENV_NAME,
+            values: serde_json::Value::Object(root),
+        })
+    }
+}
+
+/// The `XFERLAB_` variable that sets `key_path`.
+fn variable_name(key_path: &str) -> String {
+    format!("{ENV_PREFIX}{}", key_path.to_uppercase().replace('.', "__"))
+}
+
+/// The `XFERLAB_` variable that set `key_path`: its own, or the one of a key above it
+/// (`XFERLAB_SWEEP__SEED=[0, x]` sets `sweep.seed.1`).
+fn setting_variable(key_path: &str) -> String {
+    let mut path = key_path;
+    loop {
+        let name = variable_name(path);
+        if std::env::var_os(&name).is_some() {
+            return name;
+        }
+        match path.rfind('.') {
+            Some(i) => path = &path[..i],
+            None => return variable_name(key_path),
+        }
     }
 }
 
@@ -327,10 +385,10 @@ fn insert(
 
 impl Provider for Overrides {
     fn metadata(&self) -> Metadata {
-        Metadata::named(OVERRIDE_NAME)
+        Metadata::named(self.name)
     }
     fn data(&self) -> figment::Result<Map<Profile, Dict>> {
-        Serialized::defaults(&self.0).data()
+        Serialized::defaults(&self.values).data()
     }
 }
 
@@ -425,10 +483,7 @@ fn origin_from(metadata: Option<&Metadata>, key_path: &str, key: bool, file: &Sp
     match metadata {
         Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
         Some(m) if m.name == MLFLOW_ENV_NAME => Origin::Env(MLFLOW_URI_VARIABLE.to_string()),
-        Some(m) if m.name.contains("environment") => Origin::Env(format!(
-            "{ENV_PREFIX}{}",
-            key_path.to_uppercase().replace('.', "__")
-        )),
+        Some(m) if m.name == ENV_NAME => Origin::Env(setting_variable(key_path)),
         _ => file.origin(key_path, key),
     }
 }
@@ -480,6 +535,52 @@ strategies: [scratch]
             assert!(set.datasets.contains_key(BUILTIN_DATASET));
             Ok(())
         });
+    }
+
+    #[test]
+    fn environment_values_are_yaml_as_set_values_are() {
+        // Not through the process environment: other tests load specs at the same time.
+        let read = |pairs: &[(&str, &str)]| {
+            Overrides::from_variables(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        // figment's own reading took `1e-3` and `0x10` for text, and `sweep.x.y` for nested keys.
+        let layer = read(&[
+            ("train.lr", "1e-3"),
+            ("sweep.target.train.per_class", "[5, 0x10]"),
+        ])
+        .unwrap();
+        assert_eq!(
+            layer.values,
+            serde_json::json!({
+                "train": {"lr": 0.001},
+                "sweep": {"target.train.per_class": [5, 16]}
+            })
+        );
+        // figment's own reading took `010` for 10; YAML, as in the file, for text.
+        assert_eq!(
+            read(&[("seed", "010")]).unwrap().values,
+            serde_json::json!({"seed": "010"})
+        );
+        // figment's own reading took `1.e999` for an infinity, which JSON turns into null.
+        assert_eq!(
+            read(&[("sweep.seed", "[1, 1.e999]")]).unwrap().values,
+            serde_json::json!({"sweep": {"seed": [1, "1.e999"]}})
+        );
+        let error = read(&[("sweep.seed", "[1, -.inf]")]).err().unwrap();
+        assert_eq!(
+            error.origin,
+            Some(Origin::Env("XFERLAB_SWEEP__SEED".into()))
+        );
+        assert_eq!(
+            error.message,
+            "cannot read the value of `sweep.seed`: `-.inf` is not a finite number"
+        );
+        let error = read(&[("train", "1"), ("train.lr", "2")]).err().unwrap();
+        assert!(
+            error.message.contains("which another variable sets"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
