@@ -465,6 +465,18 @@ pub fn plain(message: &str) -> String {
         ("found string", "found text"),
         ("found sequence", "found a list"),
         ("found map", "found a mapping"),
+        // YAML 1.1's yes/no/on/off are text in YAML 1.2, which serde_yaml reads.
+        ("expected a boolean", "expected true or false"),
+        ("found unit", "found null"),
+        ("unit value", "null"),
+        // A YAML integer beyond 64 bits: serde's type and the JSON layers are no concern of a
+        // spec author's.
+        (" as u128", ""),
+        (" as i128", ""),
+        (
+            "JSON number out of range",
+            "the number does not fit in 64 bits: whole numbers go from -9223372036854775808 to 18446744073709551615",
+        ),
         (
             "expected a map",
             "expected a mapping of keys (name:, model:, ...)",
