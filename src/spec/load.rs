@@ -1,5 +1,11 @@
 //! Loading a spec: figment layers (defaults < YAML file < `XFERLAB_` environment < `--set`),
 //! with every error mapped back to a file position, variable or override.
+//!
+//! Every value a person writes is YAML, read by serde_yaml: the file, an `XFERLAB_` variable
+//! and a `--set` alike, so `1e-3`, `0x10` or `[0, 1]` mean the same in each. A value is never
+//! allowed to change meaning on its way to the typed spec: the layers hold JSON values, where a
+//! NaN or an infinity would become `null` (for `per_class`, "every image"), so those are
+//! refused as written, at their line and column.
 
 use std::path::{Path, PathBuf};
 
@@ -65,11 +71,41 @@ impl SpecFile {
                 line_text: line_of(&text, e.position.line),
             })
         })?;
-        Ok(SpecFile {
+        let file = SpecFile {
             path: path.to_path_buf(),
             text,
             positions,
-        })
+        };
+        match file.positions.non_finite() {
+            Some(number) => Err(file.non_finite_error(number)),
+            None => Ok(file),
+        }
+    }
+
+    /// A NaN or an infinity in the file, refused where it is written.
+    fn non_finite_error(&self, number: &super::location::NonFinite) -> InputError {
+        // A sweep value is named by its axis (`sweep.target.train.per_class.0`).
+        let axis = number
+            .path
+            .strip_prefix("sweep.")
+            .and_then(|rest| rest.rsplit_once('.'))
+            .filter(|(axis, index)| {
+                index.parse::<usize>().is_ok()
+                    && self.positions.key(&format!("sweep.{axis}")).is_some()
+            });
+        let message = match axis {
+            Some((axis, _)) => format!(
+                "sweep value `{}` does not fit `{axis}`: it is not a finite number",
+                number.text
+            ),
+            None => format!(
+                "`{}`: `{}` is not a finite number",
+                number.path, number.text
+            ),
+        };
+        InputError::new(message)
+            .with_origin(self.origin_at(Some(number.position)))
+            .with_help(NON_FINITE_HELP)
     }
 
     /// Where in this file the value (or, with `key`, the key) at `key_path` is.
@@ -92,6 +128,9 @@ impl SpecFile {
         }
     }
 }
+
+const NON_FINITE_HELP: &str =
+    "every number in a spec must be finite: no key takes NaN or an infinity";
 
 fn line_of(text: &str, line: usize) -> Option<String> {
     text.lines().nth(line.checked_sub(1)?).map(str::to_string)
@@ -146,10 +185,11 @@ pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
         .map(|v| v.strip_prefix(ENV_PREFIX).unwrap_or(v).to_lowercase())
         .collect();
     let command_line: Vec<&str> = command_line.iter().map(String::as_str).collect();
+    let environment = Overrides::from_environment(&command_line)?;
     let figment = Figment::new()
         .merge(Yaml::file_exact(path))
         .merge(MlflowEnv::read())
-        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&command_line))
+        .merge(environment)
         .merge(overrides);
     let mut spec: Spec = match figment.extract() {
         Ok(spec) => spec,
@@ -207,9 +247,14 @@ impl Provider for MlflowEnv {
 }
 
 const OVERRIDE_NAME: &str = "--set";
+const ENV_NAME: &str = "`XFERLAB_` environment variables";
 
-/// `--set key.path=value` overrides; the value is YAML (`0.1`, `adam`, `[1, 2]`).
-struct Overrides(serde_json::Value);
+/// Values set by key path, each read as YAML (`0.1`, `adam`, `[1, 2]`): the `--set key.path=value`
+/// overrides, or the `XFERLAB_KEY__PATH=value` environment variables.
+struct Overrides {
+    name: &'static str,
+    values: serde_json::Value,
+}
 
 impl Overrides {
     fn parse(items: &[String]) -> Result<Self, InputError> {
@@ -221,37 +266,105 @@ impl Overrides {
                     .with_origin(origin)
                     .with_help("e.g. --set train.lr=0.01 or --set sweep.seed=[0,1,2]"));
             };
-            let key = key.trim();
-            let value: serde_json::Value = serde_yaml::from_str::<serde_yaml::Value>(text)
-                .map_err(|e| e.to_string())
-                .and_then(|v| match non_finite(&v) {
-                    // JSON, and so the layers, cannot hold it: it would turn into null.
-                    Some(n) => Err(format!("{n} is not a finite number")),
-                    None => serde_json::to_value(v).map_err(|e| e.to_string()),
-                })
-                .map_err(|e| {
-                    InputError::new(format!("cannot read the value of `{key}`: {e}"))
-                        .with_origin(origin.clone())
-                })?;
-            // A sweep axis is itself a key path: `sweep.train.lr` sets the axis `train.lr`.
-            let segments: Vec<&str> = match key.strip_prefix("sweep.") {
-                Some(axis) => vec!["sweep", axis],
-                None => key.split('.').collect(),
-            };
-            if segments.iter().any(|s| s.is_empty()) {
-                return Err(InputError::new(format!("`{key}` is not a key path"))
-                    .with_origin(origin)
-                    .with_help("key paths are names joined by dots, e.g. target.train.per_class"));
-            }
-            insert(&mut root, &segments, value).map_err(|prefix| {
-                InputError::new(format!(
-                    "`{key}` sets a key inside `{prefix}`, which another override sets to a value"
-                ))
-                .with_origin(origin.clone())
-            })?;
+            set(&mut root, key.trim(), text, origin, "override")?;
         }
-        Ok(Overrides(serde_json::Value::Object(root)))
+        Ok(Overrides {
+            name: OVERRIDE_NAME,
+            values: serde_json::Value::Object(root),
+        })
     }
+
+    /// The `XFERLAB_` variables but those in `ignore` (keys, as figment names them: `store`),
+    /// `__` separating keys. Read as YAML like `--set` (figment's own reading would take
+    /// `1.e999` for an infinity, and so `null`, `010` for 10, and `1e-3` for text).
+    fn from_environment(ignore: &[&str]) -> Result<Self, InputError> {
+        let variables = Env::prefixed(ENV_PREFIX).split("__").ignore(ignore);
+        Self::from_variables(variables.iter().map(|(key, text)| (key.to_string(), text)))
+    }
+
+    /// Variables as (key path, value): (`train.lr`, `0.01`) for `XFERLAB_TRAIN__LR=0.01`.
+    fn from_variables(
+        variables: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, InputError> {
+        let mut entries: Vec<(String, String)> = variables.into_iter().collect();
+        // The environment has no order: sort, so a conflict is reported the same way each time.
+        entries.sort();
+        let mut root = serde_json::Map::new();
+        for (key, text) in entries {
+            let origin = Origin::Env(variable_name(&key));
+            set(&mut root, &key, &text, origin, "variable")?;
+        }
+        Ok(Overrides {
+            name: ENV_NAME,
+            values: serde_json::Value::Object(root),
+        })
+    }
+}
+
+/// The `XFERLAB_` variable that sets `key_path`.
+fn variable_name(key_path: &str) -> String {
+    format!("{ENV_PREFIX}{}", key_path.to_uppercase().replace('.', "__"))
+}
+
+/// The `XFERLAB_` variable that set `key_path`: its own, or the one of a key above it
+/// (`XFERLAB_SWEEP__SEED=[0, x]` sets `sweep.seed.1`).
+fn setting_variable(key_path: &str) -> String {
+    let mut path = key_path;
+    loop {
+        let name = variable_name(path);
+        if std::env::var_os(&name).is_some() {
+            return name;
+        }
+        match path.rfind('.') {
+            Some(i) => path = &path[..i],
+            None => return variable_name(key_path),
+        }
+    }
+}
+
+/// Sets `key` (a dotted key path) to the YAML `text` in `root`.
+fn set(
+    root: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    text: &str,
+    origin: Origin,
+    kind: &str,
+) -> Result<(), InputError> {
+    let value = read_value(text).map_err(|e| {
+        InputError::new(format!("cannot read the value of `{key}`: {e}"))
+            .with_origin(origin.clone())
+    })?;
+    // A sweep axis is itself a key path: `sweep.train.lr` sets the axis `train.lr`.
+    let segments: Vec<&str> = match key.strip_prefix("sweep.") {
+        Some(axis) => vec!["sweep", axis],
+        None => key.split('.').collect(),
+    };
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(InputError::new(format!("`{key}` is not a key path"))
+            .with_origin(origin)
+            .with_help("key paths are names joined by dots, e.g. target.train.per_class"));
+    }
+    insert(root, &segments, value).map_err(|prefix| {
+        InputError::new(format!(
+            "`{key}` sets a key inside `{prefix}`, which another {kind} sets to a value"
+        ))
+        .with_origin(origin)
+    })
+}
+
+/// A value as YAML, refused when it holds a NaN or an infinity: JSON, and so the layers,
+/// cannot hold one; it would turn into null.
+fn read_value(text: &str) -> Result<serde_json::Value, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(number) = non_finite(&value) {
+        // Name it as written (`.nan`, `-.inf`), as the file's check does.
+        let written = PositionMap::parse(text)
+            .ok()
+            .and_then(|map| map.non_finite().map(|n| format!("`{}`", n.text)))
+            .unwrap_or_else(|| number.to_string());
+        return Err(format!("{written} is not a finite number"));
+    }
+    serde_json::to_value(value).map_err(|e| e.to_string())
 }
 
 /// The first NaN or infinity in a YAML value.
@@ -288,10 +401,10 @@ fn insert(
 
 impl Provider for Overrides {
     fn metadata(&self) -> Metadata {
-        Metadata::named(OVERRIDE_NAME)
+        Metadata::named(self.name)
     }
     fn data(&self) -> figment::Result<Map<Profile, Dict>> {
-        Serialized::defaults(&self.0).data()
+        Serialized::defaults(&self.values).data()
     }
 }
 
@@ -368,6 +481,18 @@ pub fn plain(message: &str) -> String {
         ("found string", "found text"),
         ("found sequence", "found a list"),
         ("found map", "found a mapping"),
+        // YAML 1.1's yes/no/on/off are text in YAML 1.2, which serde_yaml reads.
+        ("expected a boolean", "expected true or false"),
+        ("found unit", "found null"),
+        ("unit value", "null"),
+        // A YAML integer beyond 64 bits: serde's type and the JSON layers are no concern of a
+        // spec author's.
+        (" as u128", ""),
+        (" as i128", ""),
+        (
+            "JSON number out of range",
+            "the number does not fit in 64 bits: whole numbers go from -9223372036854775808 to 18446744073709551615",
+        ),
         (
             "expected a map",
             "expected a mapping of keys (name:, model:, ...)",
@@ -386,10 +511,7 @@ fn origin_from(metadata: Option<&Metadata>, key_path: &str, key: bool, file: &Sp
     match metadata {
         Some(m) if m.name == OVERRIDE_NAME => Origin::Override(key_path.to_string()),
         Some(m) if m.name == MLFLOW_ENV_NAME => Origin::Env(MLFLOW_URI_VARIABLE.to_string()),
-        Some(m) if m.name.contains("environment") => Origin::Env(format!(
-            "{ENV_PREFIX}{}",
-            key_path.to_uppercase().replace('.', "__")
-        )),
+        Some(m) if m.name == ENV_NAME => Origin::Env(setting_variable(key_path)),
         _ => file.origin(key_path, key),
     }
 }
@@ -441,6 +563,52 @@ strategies: [scratch]
             assert!(set.datasets.contains_key(BUILTIN_DATASET));
             Ok(())
         });
+    }
+
+    #[test]
+    fn environment_values_are_yaml_as_set_values_are() {
+        // Not through the process environment: other tests load specs at the same time.
+        let read = |pairs: &[(&str, &str)]| {
+            Overrides::from_variables(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        // figment's own reading took `1e-3` and `0x10` for text, and `sweep.x.y` for nested keys.
+        let layer = read(&[
+            ("train.lr", "1e-3"),
+            ("sweep.target.train.per_class", "[5, 0x10]"),
+        ])
+        .unwrap();
+        assert_eq!(
+            layer.values,
+            serde_json::json!({
+                "train": {"lr": 0.001},
+                "sweep": {"target.train.per_class": [5, 16]}
+            })
+        );
+        // figment's own reading took `010` for 10; YAML, as in the file, for text.
+        assert_eq!(
+            read(&[("seed", "010")]).unwrap().values,
+            serde_json::json!({"seed": "010"})
+        );
+        // figment's own reading took `1.e999` for an infinity, which JSON turns into null.
+        assert_eq!(
+            read(&[("sweep.seed", "[1, 1.e999]")]).unwrap().values,
+            serde_json::json!({"sweep": {"seed": [1, "1.e999"]}})
+        );
+        let error = read(&[("sweep.seed", "[1, -.inf]")]).err().unwrap();
+        assert_eq!(
+            error.origin,
+            Some(Origin::Env("XFERLAB_SWEEP__SEED".into()))
+        );
+        assert_eq!(
+            error.message,
+            "cannot read the value of `sweep.seed`: `-.inf` is not a finite number"
+        );
+        let error = read(&[("train", "1"), ("train.lr", "2")]).err().unwrap();
+        assert!(
+            error.message.contains("which another variable sets"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

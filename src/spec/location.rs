@@ -3,6 +3,10 @@
 //! figment reports errors by key path; serde_yaml keeps no positions. This walks the
 //! file's YAML events once (aliases are not expanded, so it stays cheap on alias bombs)
 //! and remembers the position of every key and every value by its dotted path.
+//!
+//! It also finds the first NaN or infinity written in the file: serde_yaml reads `.nan` as a
+//! number, but the layers that carry sweep values (JSON) turn it into `null`, which means
+//! "left out" (for `per_class`, every image). Refused as written, it cannot change meaning.
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,6 +32,19 @@ pub struct PositionMap {
     values: HashMap<String, Position>,
     /// Paths whose value is a mapping or a sequence.
     collections: HashSet<String>,
+    /// The first value that serde_yaml reads as NaN or an infinity.
+    non_finite: Option<NonFinite>,
+}
+
+/// A NaN or infinite number as written in the file (`.nan`, `-.inf`, `!!float .NaN`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFinite {
+    /// Dotted key path of the value (`train.lr`, `sweep.target.train.per_class.0`).
+    pub path: String,
+    /// The scalar as written.
+    pub text: String,
+    /// Where.
+    pub position: Position,
 }
 
 /// A YAML syntax error with its position.
@@ -59,6 +76,11 @@ impl PositionMap {
             Some(duplicate) => Err(duplicate),
             None => Ok(builder.map),
         }
+    }
+
+    /// The first NaN or infinity in the document, in reading order.
+    pub fn non_finite(&self) -> Option<&NonFinite> {
+        self.non_finite.as_ref()
     }
 
     /// Position of the key at `path` (for an unknown or misplaced key).
@@ -111,6 +133,31 @@ fn unclosed_bracket(text: &str) -> Option<(char, Position)> {
         }
     }
     open.pop()
+}
+
+/// Whether serde_yaml (YAML 1.2 core schema, as figment reads the file) takes this scalar for
+/// a NaN or an infinity: `.nan`, `.inf`, `+.inf`, `-.inf` in three casings each, plain (or
+/// under a tag of the file's own, `!x`), or tagged `!!float` in any style. Other spellings
+/// (`nan`, `inf`, `1e999`) and other core tags (`!!str .nan`) are text to it.
+fn is_non_finite(
+    text: &str,
+    style: yaml_rust2::scanner::TScalarStyle,
+    tag: Option<&yaml_rust2::parser::Tag>,
+) -> bool {
+    // `!!float` reaches the parser as handle `tag:yaml.org,2002:` and suffix `float`.
+    let core = |t: &yaml_rust2::parser::Tag| t.handle == "!!" || t.handle == "tag:yaml.org,2002:";
+    let read_as_number = match tag {
+        Some(t) if core(t) => t.suffix == "float",
+        _ => style == yaml_rust2::scanner::TScalarStyle::Plain,
+    };
+    let unsigned = match text.strip_prefix('+') {
+        Some(rest) if rest.starts_with(['+', '-']) => return false,
+        Some(rest) => rest,
+        None => text,
+    };
+    read_as_number
+        && (matches!(unsigned, ".inf" | ".Inf" | ".INF")
+            || matches!(text, "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN" | ".NAN"))
 }
 
 enum Frame {
@@ -195,6 +242,16 @@ impl MarkedEventReceiver for Builder {
                 let Some(path) = self.node_path(&event, position) else {
                     return;
                 };
+                if let Event::Scalar(text, style, _, tag) = &event
+                    && self.map.non_finite.is_none()
+                    && is_non_finite(text, *style, tag.as_ref())
+                {
+                    self.map.non_finite = Some(NonFinite {
+                        path: path.clone(),
+                        text: text.clone(),
+                        position,
+                    });
+                }
                 self.map.values.entry(path.clone()).or_insert(position);
                 match event {
                     Event::MappingStart(..) => {
@@ -263,6 +320,68 @@ mod tests {
         );
         // The same key in different mappings or list items is fine.
         PositionMap::parse("a: {lr: 1}\nb: {lr: 1}\nc: [{x: 1}, {x: 2}]\n").unwrap();
+    }
+
+    #[test]
+    fn finds_every_non_finite_number_serde_yaml_reads() {
+        // Agreement with serde_yaml (which figment reads the file with), spelling by spelling.
+        let spellings = [
+            ".nan",
+            ".NaN",
+            ".NAN",
+            ".inf",
+            ".Inf",
+            ".INF",
+            "+.inf",
+            "+.Inf",
+            "+.INF",
+            "-.inf",
+            "-.Inf",
+            "-.INF",
+            "!!float .nan",
+            "!!float '.inf'",
+            "!!float \"-.Inf\"",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "infinity",
+            "+.nan",
+            "-.nan",
+            ".Nan",
+            "++.inf",
+            "+-.inf",
+            "1e999",
+            "-1e999",
+            "'.nan'",
+            "\".inf\"",
+            "!!str .nan",
+            "!custom .nan",
+            "!custom '.nan'",
+            "0.5",
+            "1e3",
+            "~",
+        ];
+        for spelling in spellings {
+            let document = format!("a: {{b: [1, {spelling}]}}\n");
+            let value: serde_yaml::Value = serde_yaml::from_str(&document).unwrap();
+            let number = match &value["a"]["b"][1] {
+                serde_yaml::Value::Tagged(tagged) => &tagged.value,
+                untagged => untagged,
+            };
+            let serde_yaml_says = number.as_f64().is_some_and(|f| !f.is_finite());
+            let found = PositionMap::parse(&document).unwrap().non_finite;
+            assert_eq!(found.is_some(), serde_yaml_says, "{spelling}: {number:?}");
+            if let Some(found) = found {
+                assert_eq!(found.path, "a.b.1");
+                // A tagged scalar is marked where its text starts, after the tag.
+                let column = 12 + spelling.rfind(' ').map_or(0, |i| i + 1);
+                assert_eq!(found.position, Position { line: 1, column }, "{spelling}");
+            }
+        }
+        // Keys are names, not numbers; only the first value is kept.
+        let map = PositionMap::parse(".nan: 1\nx: [.inf, .nan]\n").unwrap();
+        assert_eq!(map.non_finite().unwrap().text, ".inf");
     }
 
     #[test]
