@@ -3,6 +3,7 @@
 //! what needs them).
 
 mod device;
+mod layers;
 pub mod load;
 pub mod location;
 pub mod suggest;
