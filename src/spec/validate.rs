@@ -128,7 +128,7 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         return Err(
             at("strategies", "`strategies` is empty".into()).with_help(format!(
                 "name at least one of: {}",
-                Strategy::NAMES.join(", ")
+                Strategy::names().join(", ")
             )),
         );
     }
