@@ -14,6 +14,7 @@ use crate::spec::{
     DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec, TrainSpec,
     suggest,
 };
+use crate::table::{self, Layout};
 
 /// Everything that determines a trial's result, in canonical form: its id is a hash of this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,26 +343,6 @@ pub fn render(plan: &Plan) -> String {
             row
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-            + "\n"
-    };
     let mut out = format!(
         "{}: {} trials ({} strategy x sweep points, {} merged as equal), model with {} blocks\n",
         plan.name,
@@ -370,10 +351,7 @@ pub fn render(plan: &Plan) -> String {
         plan.expanded - plan.trials.len(),
         plan.blocks
     );
-    out += &line(&header);
-    for row in &rows {
-        out += &line(row);
-    }
+    out += &table::render(&header, &rows, |_| false, Layout::Plain);
     out
 }
 

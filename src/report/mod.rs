@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::plan::Plan;
 use crate::store::{Status, TrialRecord};
+use crate::table::{self, Layout};
 pub use stats::Summary;
 
 /// Output formats.
@@ -377,62 +378,13 @@ fn csv(report: &Report) -> String {
     out
 }
 
-/// Aligned columns (numbers to the right), or a Markdown table.
-fn grid(
-    header: &[String],
-    lines: &[Vec<String>],
-    numeric: impl Fn(usize) -> bool,
-    markdown: bool,
-) -> String {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .chain([header[c].chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let pad = |text: &str, c: usize| {
-        let fill = " ".repeat(widths[c] - text.chars().count());
-        if numeric(c) {
-            format!("{fill}{text}")
-        } else {
-            format!("{text}{fill}")
-        }
-    };
-    let join = |cells: &[String], separator: &str| {
-        (0..header.len())
-            .map(|c| pad(&cells[c], c))
-            .collect::<Vec<_>>()
-            .join(separator)
-    };
-    let mut out = String::new();
+/// The layout of a text table: a Markdown table, or columns with a rule under the header.
+fn layout(markdown: bool) -> Layout {
     if markdown {
-        let _ = writeln!(out, "| {} |", join(header, " | "));
-        let rule: Vec<String> = (0..header.len())
-            .map(|c| {
-                if numeric(c) {
-                    format!("{}:", "-".repeat(widths[c] + 1))
-                } else {
-                    "-".repeat(widths[c] + 2)
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "|{}|", rule.join("|"));
-        for line in lines {
-            let _ = writeln!(out, "| {} |", join(line, " | "));
-        }
+        Layout::Markdown
     } else {
-        let _ = writeln!(out, "{}", join(header, "  ").trim_end());
-        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        let _ = writeln!(out, "{}", rule.join("  "));
-        for line in lines {
-            let _ = writeln!(out, "{}", join(line, "  ").trim_end());
-        }
+        Layout::Ruled
     }
-    out
 }
 
 /// Two sweeps side by side: rows matched by strategy, depths and setting.
@@ -506,7 +458,12 @@ pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
     } else {
         format!("{title}\n")
     };
-    out += &grid(&header, &lines, |c| c == 1 || c == 2 || c >= 4, markdown);
+    out += &table::render(
+        &header,
+        &lines,
+        |c| c == 1 || c == 2 || c >= 4,
+        layout(markdown),
+    );
     out
 }
 
@@ -559,7 +516,7 @@ fn text(report: &Report, markdown: bool) -> String {
     } else {
         format!("{summary}\n")
     };
-    out += &grid(&header, &lines, numeric, markdown);
+    out += &table::render(&header, &lines, numeric, layout(markdown));
     if markdown {
         out += "\n";
     }
