@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::{Plan, TrialConfig};
+use crate::plan::{Plan, StrategyLabels, TrialConfig};
 use crate::train::{CurvePoint, Evaluation};
 
 /// How a trial ended.
@@ -80,8 +80,8 @@ pub struct TrialRecord {
     pub id: String,
     /// Position in the plan.
     pub index: usize,
-    /// Strategies that resolved to this trial.
-    pub strategies: Vec<String>,
+    /// Strategies that resolved to this trial (written as their names, or `raw`).
+    pub strategies: StrategyLabels,
     /// Blocks 1..t started from the source model.
     pub transfer_depth: usize,
     /// Blocks 1..f were frozen.

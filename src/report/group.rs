@@ -11,14 +11,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Summary;
-use crate::plan::Plan;
+use crate::plan::{Plan, StrategyLabel};
+use crate::spec::Strategy;
 use crate::store::{Status, TrialRecord};
 
 /// One group of trials: same strategy, depths and swept values, over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     /// Strategy (or `raw`).
-    pub strategy: String,
+    pub strategy: StrategyLabel,
     /// transfer_depth.
     pub transfer_depth: usize,
     /// freeze_depth.
@@ -55,7 +56,7 @@ impl Row {
     /// Whether this row is a baseline, which other rows' gains are measured against and
     /// which competes at every setting of the axes: scratch.
     pub fn is_baseline(&self) -> bool {
-        self.strategy == "scratch"
+        self.strategy == StrategyLabel::Named(Strategy::Scratch)
     }
 
     /// Whether the row belongs at `setting` (values of the report's axes): a row at its own
@@ -154,7 +155,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
             .iter()
             .map(|a| trial.axes.get(a).cloned().unwrap_or(Value::Null))
             .collect();
-        for strategy in &trial.strategies {
+        for &strategy in &trial.strategies {
             let key = serde_json::to_string(&(
                 strategy,
                 trial.config.transfer_depth,
@@ -164,7 +165,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
             .expect("json");
             let at = *index.entry(key).or_insert_with(|| {
                 rows.push(Row {
-                    strategy: strategy.clone(),
+                    strategy,
                     transfer_depth: trial.config.transfer_depth,
                     freeze_depth: trial.config.freeze_depth,
                     axes: values.clone(),
@@ -211,10 +212,10 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
     for (row, gain) in rows.iter_mut().zip(gains) {
         row.gain = gain;
     }
-    let strategy_rank = |s: &str| {
+    let strategy_rank = |s: StrategyLabel| {
         plan.strategies
             .iter()
-            .position(|p| p == s)
+            .position(|p| *p == s)
             .unwrap_or(usize::MAX)
     };
     rows.sort_by(|a, b| {
@@ -224,7 +225,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
             .map(|(x, y)| order(x, y))
             .find(|o| o.is_ne())
             .unwrap_or(std::cmp::Ordering::Equal)
-            .then(strategy_rank(&a.strategy).cmp(&strategy_rank(&b.strategy)))
+            .then(strategy_rank(a.strategy).cmp(&strategy_rank(b.strategy)))
             .then(a.transfer_depth.cmp(&b.transfer_depth))
             .then(a.freeze_depth.cmp(&b.freeze_depth))
     });
@@ -276,9 +277,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn row(strategy: &str, axes: Vec<Value>) -> Row {
+    fn row(strategy: Strategy, axes: Vec<Value>) -> Row {
         Row {
-            strategy: strategy.into(),
+            strategy: StrategyLabel::Named(strategy),
             transfer_depth: 0,
             freeze_depth: 0,
             axes,
@@ -296,10 +297,10 @@ mod tests {
     fn scratch_is_the_baseline_of_every_setting_it_does_not_depend_on() {
         // Axes: (per_class, lr); scratch does not depend on per_class here.
         let rows = vec![
-            row("scratch", vec![Value::Null, json!(0.1)]),
-            row("transfer", vec![json!(5), json!(0.1)]),
-            row("transfer", vec![json!(20), json!(0.1)]),
-            row("finetune", vec![json!(20), json!(0.2)]),
+            row(Strategy::Scratch, vec![Value::Null, json!(0.1)]),
+            row(Strategy::Transfer, vec![json!(5), json!(0.1)]),
+            row(Strategy::Transfer, vec![json!(20), json!(0.1)]),
+            row(Strategy::Finetune, vec![json!(20), json!(0.2)]),
         ];
         assert_eq!(baseline_of(&rows, &rows[1]), Some(&rows[0]));
         assert_eq!(baseline_of(&rows, &rows[2]), Some(&rows[0]));

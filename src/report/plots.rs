@@ -19,7 +19,8 @@ use plotters::chart::SeriesLabelPosition;
 use serde_json::Value;
 
 use super::{Report, Row, Summary, setting, short};
-use crate::plan::Plan;
+use crate::plan::{Plan, StrategyLabel};
+use crate::spec::Strategy;
 use crate::store::{Status, TrialRecord};
 
 /// One figure.
@@ -36,7 +37,7 @@ pub struct Figure {
 struct Series {
     name: String,
     /// Its strategy, which fixes its colour and marker in every figure.
-    strategy: String,
+    strategy: StrategyLabel,
     points: Vec<(f64, f64, Option<f64>)>,
     /// Drawn dashed, without markers (a reference level).
     dashed: bool,
@@ -139,12 +140,13 @@ fn depth_panels(report: &Report, blocks: usize) -> Vec<Panel> {
             // Families that vary a depth are lines over it...
             for (family, x_of) in [
                 (
-                    "partial_freeze",
+                    Strategy::PartialFreeze,
                     (|r: &Row| r.freeze_depth) as fn(&Row) -> usize,
                 ),
-                ("prefix_frozen", |r: &Row| r.transfer_depth),
-                ("prefix_finetune", |r: &Row| r.transfer_depth),
+                (Strategy::PrefixFrozen, |r: &Row| r.transfer_depth),
+                (Strategy::PrefixFinetune, |r: &Row| r.transfer_depth),
             ] {
+                let family = StrategyLabel::Named(family);
                 let mut points: Vec<_> = rows
                     .iter()
                     .filter(|r| r.strategy == family)
@@ -153,8 +155,8 @@ fn depth_panels(report: &Report, blocks: usize) -> Vec<Panel> {
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 if !points.is_empty() {
                     series.push(Series {
-                        name: family.into(),
-                        strategy: family.into(),
+                        name: family.to_string(),
+                        strategy: family,
                         points,
                         dashed: false,
                         band: false,
@@ -162,7 +164,8 @@ fn depth_panels(report: &Report, blocks: usize) -> Vec<Panel> {
                 }
             }
             // ...the others are reference levels across the depths.
-            for reference in ["scratch", "transfer", "finetune"] {
+            for reference in [Strategy::Scratch, Strategy::Transfer, Strategy::Finetune] {
+                let reference = StrategyLabel::Named(reference);
                 if let Some(s) = rows
                     .iter()
                     .find(|r| r.strategy == reference)
@@ -170,7 +173,7 @@ fn depth_panels(report: &Report, blocks: usize) -> Vec<Panel> {
                 {
                     series.push(Series {
                         name: format!("{reference} ({:.3})", s.mean),
-                        strategy: reference.into(),
+                        strategy: reference,
                         points: vec![(0.0, s.mean, None), (blocks as f64, s.mean, None)],
                         dashed: true,
                         band: false,
@@ -195,14 +198,16 @@ fn size_axis(report: &Report) -> Option<usize> {
 
 fn gain_panel(report: &Report) -> Option<Panel> {
     let at = size_axis(report)?;
-    let mut best: BTreeMap<&str, BTreeMap<u64, &Row>> = BTreeMap::new();
+    // By name, so the legend lists the strategies alphabetically.
+    let mut best: BTreeMap<&str, (StrategyLabel, BTreeMap<u64, &Row>)> = BTreeMap::new();
     for row in report.rows.iter().filter(|r| r.gain.is_some()) {
         let Some(size) = row.axes[at].as_u64() else {
             continue;
         };
         let slot = best
-            .entry(&row.strategy)
-            .or_default()
+            .entry(row.strategy.name())
+            .or_insert_with(|| (row.strategy, BTreeMap::new()))
+            .1
             .entry(size)
             .or_insert(row);
         if row.accuracy.map(|a| a.mean) > slot.accuracy.map(|a| a.mean) {
@@ -210,10 +215,10 @@ fn gain_panel(report: &Report) -> Option<Panel> {
         }
     }
     let series: Vec<Series> = best
-        .into_iter()
+        .into_values()
         .map(|(strategy, by_size)| Series {
             name: format!("{strategy} (best depth)"),
-            strategy: strategy.into(),
+            strategy,
             points: by_size
                 .into_iter()
                 .filter_map(|(size, row)| point(size as f64, row.gain))
@@ -248,7 +253,7 @@ fn curve_panels(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Vec<Pa
             // Each strategy at its best depth here.
             let mut best: BTreeMap<&str, &Row> = BTreeMap::new();
             for row in rows.iter().filter(|r| r.accuracy.is_some()) {
-                let slot = best.entry(&row.strategy).or_insert(row);
+                let slot = best.entry(row.strategy.name()).or_insert(row);
                 if row.accuracy.map(|a| a.mean) > slot.accuracy.map(|a| a.mean) {
                     *slot = row;
                 }
@@ -283,7 +288,7 @@ fn curve_panels(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Vec<Pa
                             .collect();
                         (!points.is_empty()).then(|| Series {
                             name: row.label(),
-                            strategy: row.strategy.clone(),
+                            strategy: row.strategy,
                             points,
                             dashed: false,
                             band: true,

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::{Report, Row, Summary};
+use crate::plan::StrategyLabel;
 use crate::table::{self, Layout};
 
 /// Output formats.
@@ -75,7 +76,7 @@ pub fn render(report: &Report, format: Format) -> String {
 /// Strategy, t, f and the axes' values: the cells that name a row.
 fn row_key_cells(row: &Row) -> Vec<String> {
     let mut cells = vec![
-        row.strategy.clone(),
+        row.strategy.to_string(),
         row.transfer_depth.to_string(),
         row.freeze_depth.to_string(),
     ];
@@ -143,13 +144,13 @@ fn layout(markdown: bool) -> Layout {
 }
 
 /// What matches rows of two sweeps: strategy, depths and setting.
-type Key = (String, usize, usize, String);
+type Key = (StrategyLabel, usize, usize, String);
 
 /// Two sweeps side by side: rows matched by strategy, depths and setting.
 pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
     let key = |report: &Report, row: &Row| {
         (
-            row.strategy.clone(),
+            row.strategy,
             row.transfer_depth,
             row.freeze_depth,
             setting(&report.axes, &row.axes),
@@ -197,7 +198,7 @@ pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
                 _ => "-".into(),
             };
             vec![
-                k.0.clone(),
+                k.0.to_string(),
                 k.1.to_string(),
                 k.2.to_string(),
                 k.3.clone(),

@@ -11,6 +11,8 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 use super::{Axis, Panel};
+use crate::plan::StrategyLabel;
+use crate::spec::Strategy;
 
 const COLOURS: [RGBColor; 7] = [
     RGBColor(0, 114, 178),   // blue
@@ -25,20 +27,13 @@ const COLOURS: [RGBColor; 7] = [
 const PANEL: (u32, u32) = (460, 360);
 const FONT: &str = "sans-serif";
 
-/// Colour and marker index of a strategy: the same in every figure.
-fn style_index(strategy: &str) -> usize {
-    const ORDER: [&str; 6] = [
-        "scratch",
-        "transfer",
-        "partial_freeze",
-        "finetune",
-        "prefix_frozen",
-        "prefix_finetune",
-    ];
-    ORDER
-        .iter()
-        .position(|s| *s == strategy)
-        .unwrap_or(ORDER.len())
+/// Colour and marker index of a strategy: the same in every figure (its place among the
+/// named strategies; raw pairs after them).
+fn style_index(strategy: StrategyLabel) -> usize {
+    match strategy {
+        StrategyLabel::Named(strategy) => strategy as usize,
+        StrategyLabel::Raw => Strategy::names().len(),
+    }
 }
 
 /// Draws panels side by side, sharing the y range.
@@ -158,7 +153,7 @@ where
         .draw()
         .map_err(error)?;
     for series in &panel.series {
-        let i = style_index(&series.strategy);
+        let i = style_index(series.strategy);
         let colour = COLOURS[i % COLOURS.len()];
         let style = ShapeStyle::from(colour).stroke_width(2);
         let line: Vec<(f64, f64)> = series.points.iter().map(|p| (p.0, p.1)).collect();
