@@ -335,8 +335,9 @@ fn execute(command: Command) -> Result<u8, Error> {
                     }
                 },
             };
-            xferlab::tracking::mlflow::Client::new(&target.uri)
-                .map_err(|m| InputError::new(m).with_help("e.g. --to http://127.0.0.1:5000"))?;
+            xferlab::tracking::mlflow::Client::new(&target.uri).map_err(|e| {
+                InputError::new(e.to_string()).with_help("e.g. --to http://127.0.0.1:5000")
+            })?;
             let outcome = xferlab::tracking::sync(&target, &run_store, &|m| eprintln!("{m}"))?;
             eprint!("{}", outcome.describe(&target, run_store.root()));
             Ok(if outcome.missed.is_empty() && outcome.ended {
