@@ -273,16 +273,10 @@ fn execute(command: Command) -> Result<u8, Error> {
             if plots.is_none() && html.is_none() {
                 return Ok(exit::SUCCESS);
             }
-            let figures = report::plots::figures(built, plan, records).map_err(|e| Error::Io {
-                context: "cannot draw the figures".into(),
-                source: std::io::Error::other(e),
-            })?;
+            let figures = report::plots::figures(built, plan, records)?;
             if let Some(dir) = plots {
                 for figure in &figures {
-                    let png = report::plots::png(&figure.svg).map_err(|e| Error::Io {
-                        context: format!("cannot render {} as PNG", figure.name),
-                        source: std::io::Error::other(e),
-                    })?;
+                    let png = figure.png()?;
                     write_atomic(
                         &dir.join(format!("{}.svg", figure.name)),
                         figure.svg.as_bytes(),

@@ -11,14 +11,13 @@
 
 mod draw;
 
-pub use draw::png;
-
 use std::collections::BTreeMap;
 
 use plotters::chart::SeriesLabelPosition;
 use serde_json::Value;
 
 use super::{Report, Row, Summary, setting, short};
+use crate::error::{Error, Result};
 use crate::plan::{Plan, StrategyLabel};
 use crate::spec::Strategy;
 use crate::store::{Status, TrialRecord};
@@ -31,6 +30,16 @@ pub struct Figure {
     pub title: String,
     /// The SVG document.
     pub svg: String,
+}
+
+impl Figure {
+    /// The figure as PNG at twice its size, drawn with the embedded font.
+    pub fn png(&self) -> Result<Vec<u8>> {
+        draw::png(&self.svg).map_err(|reason| Error::Figure {
+            name: self.name.into(),
+            reason,
+        })
+    }
 }
 
 /// A line: (x, y, half-width of its interval or band).
@@ -58,11 +67,11 @@ struct Axis<'a> {
 }
 
 /// The figures a report can show (those its sweep has data for).
-pub fn figures(
-    report: &Report,
-    plan: &Plan,
-    records: &[TrialRecord],
-) -> Result<Vec<Figure>, String> {
+pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<Vec<Figure>> {
+    let failed = |name: &str| {
+        let name = name.to_string();
+        move |reason| Error::Figure { name, reason }
+    };
     let mut figures = Vec::new();
     let depth = depth_panels(report, plan.blocks);
     if depth.iter().any(|p| !p.series.is_empty()) {
@@ -78,7 +87,8 @@ pub fn figures(
                 "eval accuracy (fraction correct)",
                 false,
                 SeriesLabelPosition::LowerRight,
-            )?,
+            )
+            .map_err(failed("accuracy-vs-depth"))?,
         });
     }
     if let Some(gain) = gain_panel(report) {
@@ -94,7 +104,8 @@ pub fn figures(
                 "gain over scratch (accuracy, fraction)",
                 true,
                 SeriesLabelPosition::UpperRight,
-            )?,
+            )
+            .map_err(failed("gain-vs-size"))?,
         });
     }
     let curves = curve_panels(report, plan, records);
@@ -111,7 +122,8 @@ pub fn figures(
                 "training loss (cross-entropy, nats)",
                 false,
                 SeriesLabelPosition::UpperRight,
-            )?,
+            )
+            .map_err(failed("training-curves"))?,
         });
     }
     Ok(figures)
@@ -301,4 +313,29 @@ fn curve_panels(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Vec<Pa
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_that_cannot_be_rendered_is_a_figure_error_naming_it() {
+        let figure = Figure {
+            name: "gain-vs-size",
+            title: String::new(),
+            svg: "not an SVG document".into(),
+        };
+        let error = figure.png().unwrap_err();
+        assert!(
+            matches!(&error, Error::Figure { name, .. } if name == "gain-vs-size"),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot draw figure gain-vs-size: "),
+            "{error}"
+        );
+    }
 }

@@ -229,7 +229,7 @@ where
 }
 
 /// Renders an SVG figure to PNG at twice its size, with the embedded font.
-pub fn png(svg: &str) -> Result<Vec<u8>, String> {
+pub(super) fn png(svg: &str) -> Result<Vec<u8>, String> {
     let mut fonts = resvg::usvg::fontdb::Database::new();
     fonts.load_font_data(epaint_default_fonts::UBUNTU_LIGHT.to_vec());
     let family = fonts
