@@ -9,7 +9,7 @@ mod render;
 mod stats;
 
 pub use group::{Best, Report, Row, baseline_of, build, settings};
-pub use render::{Format, compare, render};
+pub use render::{Format, check_comparison, compare, render};
 pub use stats::Summary;
 
 use render::{cell, setting, short};

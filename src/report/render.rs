@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::{Report, Row, Summary};
+use crate::error::InputError;
 use crate::plan::StrategyLabel;
 use crate::table::{self, Layout};
 
@@ -145,6 +146,38 @@ fn layout(markdown: bool) -> Layout {
 
 /// What matches rows of two sweeps: strategy, depths and setting.
 type Key = (StrategyLabel, usize, usize, String);
+
+/// Checks what `report RUN_A RUN_B` is asked for: two sweeps side by side are a table (or
+/// Markdown); the other formats, figures and the page apply to one sweep, so asking for
+/// them is an input error rather than being silently ignored.
+pub fn check_comparison(format: Format, plots: bool, html: bool) -> Result<(), InputError> {
+    let mut asked = Vec::new();
+    match format {
+        Format::Csv => asked.push("--format csv"),
+        Format::Json => asked.push("--format json"),
+        Format::Table | Format::Md => {}
+    }
+    if plots {
+        asked.push("--plots");
+    }
+    if html {
+        asked.push("--html");
+    }
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let (last, rest) = asked.split_last().expect("not empty");
+    let (what, verb) = match rest {
+        [] => (last.to_string(), "applies"),
+        _ => (format!("{} and {last}", rest.join(", ")), "apply"),
+    };
+    Err(InputError::new(format!(
+        "{what} {verb} to one sweep, not to comparing two"
+    ))
+    .with_help(
+        "comparing two sweeps prints a table or md; --format csv/json, --plots and --html apply to one sweep: report each sweep on its own",
+    ))
+}
 
 /// Two sweeps side by side: rows matched by strategy, depths and setting.
 pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
@@ -306,4 +339,26 @@ fn text(report: &Report, markdown: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparing_two_sweeps_refuses_what_applies_to_one() {
+        assert!(check_comparison(Format::Table, false, false).is_ok());
+        assert!(check_comparison(Format::Md, false, false).is_ok());
+        let error = check_comparison(Format::Csv, false, false).unwrap_err();
+        assert_eq!(
+            error.message,
+            "--format csv applies to one sweep, not to comparing two"
+        );
+        let error = check_comparison(Format::Json, true, true).unwrap_err();
+        assert_eq!(
+            error.message,
+            "--format json, --plots and --html apply to one sweep, not to comparing two"
+        );
+        assert!(check_comparison(Format::Table, false, true).is_err());
+    }
 }
