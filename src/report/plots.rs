@@ -17,7 +17,7 @@ use plotters::chart::SeriesLabelPosition;
 use serde_json::Value;
 
 use super::{Report, Row, Summary, setting, short};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::plan::{Plan, StrategyLabel};
 use crate::spec::Strategy;
 use crate::store::{Status, TrialRecord};
@@ -35,10 +35,7 @@ pub struct Figure {
 impl Figure {
     /// The figure as PNG at twice its size, drawn with the embedded font.
     pub fn png(&self) -> Result<Vec<u8>> {
-        draw::png(&self.svg).map_err(|reason| Error::Figure {
-            name: self.name.into(),
-            reason,
-        })
+        draw::png(self.name, &self.svg)
     }
 }
 
@@ -68,10 +65,6 @@ struct Axis<'a> {
 
 /// The figures a report can show (those its sweep has data for).
 pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<Vec<Figure>> {
-    let failed = |name: &str| {
-        let name = name.to_string();
-        move |reason| Error::Figure { name, reason }
-    };
     let mut figures = Vec::new();
     let depth = depth_panels(report, plan.blocks);
     if depth.iter().any(|p| !p.series.is_empty()) {
@@ -79,6 +72,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
             name: "accuracy-vs-depth",
             title: "Eval accuracy against depth (mean and 95% interval over seeds)".into(),
             svg: draw::draw(
+                "accuracy-vs-depth",
                 &depth,
                 Axis {
                     desc: "depth (blocks transferred or frozen)",
@@ -87,8 +81,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
                 "eval accuracy (fraction correct)",
                 false,
                 SeriesLabelPosition::LowerRight,
-            )
-            .map_err(failed("accuracy-vs-depth"))?,
+            )?,
         });
     }
     if let Some(gain) = gain_panel(report) {
@@ -96,6 +89,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
             name: "gain-vs-size",
             title: "Gain over scratch against target size (paired by seed; 95% interval)".into(),
             svg: draw::draw(
+                "gain-vs-size",
                 &[gain],
                 Axis {
                     desc: "examples per class (log scale)",
@@ -104,8 +98,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
                 "gain over scratch (accuracy, fraction)",
                 true,
                 SeriesLabelPosition::UpperRight,
-            )
-            .map_err(failed("gain-vs-size"))?,
+            )?,
         });
     }
     let curves = curve_panels(report, plan, records);
@@ -114,6 +107,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
             name: "training-curves",
             title: "Training loss against step (mean ± std over seeds)".into(),
             svg: draw::draw(
+                "training-curves",
                 &curves,
                 Axis {
                     desc: "optimizer step",
@@ -122,8 +116,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
                 "training loss (cross-entropy, nats)",
                 false,
                 SeriesLabelPosition::UpperRight,
-            )
-            .map_err(failed("training-curves"))?,
+            )?,
         });
     }
     Ok(figures)
@@ -318,6 +311,7 @@ fn curve_panels(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Vec<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn a_figure_that_cannot_be_rendered_is_a_figure_error_naming_it() {

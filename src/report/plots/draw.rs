@@ -11,6 +11,7 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 use super::{Axis, Panel};
+use crate::error::{Error, Result};
 use crate::plan::StrategyLabel;
 use crate::spec::Strategy;
 
@@ -36,14 +37,23 @@ fn style_index(strategy: StrategyLabel) -> usize {
     }
 }
 
-/// Draws panels side by side, sharing the y range.
+/// How a failure to draw figure `name` is reported: the drawing library's own words.
+fn failed<E: std::fmt::Display>(name: &str) -> impl Fn(E) -> Error + Copy + '_ {
+    move |reason| Error::Figure {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Draws figure `name`'s panels side by side, sharing the y range.
 pub(super) fn draw(
+    name: &str,
     panels: &[Panel],
     x_axis: Axis,
     y_desc: &str,
     log_x: bool,
     legend: SeriesLabelPosition,
-) -> Result<String, String> {
+) -> Result<String> {
     let values = || {
         panels
             .iter()
@@ -72,10 +82,11 @@ pub(super) fn draw(
     {
         let size = (PANEL.0 * panels.len().max(1) as u32, PANEL.1);
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(failed(name))?;
         let areas = root.split_evenly((1, panels.len().max(1)));
         for (area, panel) in areas.iter().zip(panels) {
             let place = Place {
+                figure: name,
                 area,
                 panel,
                 x_axis: &x_axis,
@@ -89,7 +100,7 @@ pub(super) fn draw(
                 draw_panel(place, range(x_low, x_high, 0.06), y.clone())?;
             }
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present().map_err(failed(name))?;
     }
     Ok(svg)
 }
@@ -111,6 +122,8 @@ fn tick(value: f64, log: bool) -> String {
 
 /// Where and how a panel is drawn.
 struct Place<'a, 'b> {
+    /// The figure's name, for errors.
+    figure: &'a str,
     area: &'a DrawingArea<SVGBackend<'b>, Shift>,
     panel: &'a Panel,
     x_axis: &'a Axis<'a>,
@@ -118,19 +131,20 @@ struct Place<'a, 'b> {
     legend: SeriesLabelPosition,
 }
 
-fn draw_panel<X>(place: Place, x: X, y: Range<f64>) -> Result<(), String>
+fn draw_panel<X>(place: Place, x: X, y: Range<f64>) -> Result<()>
 where
     X: AsRangedCoord<Value = f64>,
     X::CoordDescType: ValueFormatter<f64>,
 {
     let Place {
+        figure,
         area,
         panel,
         x_axis,
         y_desc,
         legend,
     } = place;
-    let error = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let error = failed::<DrawingAreaErrorKind<_>>(figure);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 16))
         .margin(12)
@@ -228,33 +242,33 @@ where
     Ok(())
 }
 
-/// Renders an SVG figure to PNG at twice its size, with the embedded font.
-pub(super) fn png(svg: &str) -> Result<Vec<u8>, String> {
+/// Renders figure `name`'s SVG to PNG at twice its size, with the embedded font.
+pub(super) fn png(name: &str, svg: &str) -> Result<Vec<u8>> {
     let mut fonts = resvg::usvg::fontdb::Database::new();
     fonts.load_font_data(epaint_default_fonts::UBUNTU_LIGHT.to_vec());
     let family = fonts
         .faces()
         .next()
         .and_then(|f| f.families.first())
-        .map(|(name, _)| name.clone())
-        .ok_or("the embedded font did not load")?;
+        .map(|(family, _)| family.clone())
+        .ok_or_else(|| failed(name)("the embedded font did not load"))?;
     fonts.set_sans_serif_family(family);
     let options = resvg::usvg::Options {
         fontdb: std::sync::Arc::new(fonts),
         ..Default::default()
     };
-    let tree = resvg::usvg::Tree::from_str(svg, &options).map_err(|e| e.to_string())?;
+    let tree = resvg::usvg::Tree::from_str(svg, &options).map_err(failed(name))?;
     let size = tree
         .size()
         .to_int_size()
         .scale_by(2.0)
-        .ok_or("figure too large")?;
-    let mut pixmap =
-        resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("figure has no area")?;
+        .ok_or_else(|| failed(name)("figure too large"))?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| failed(name)("figure has no area"))?;
     resvg::render(
         &tree,
         resvg::tiny_skia::Transform::from_scale(2.0, 2.0),
         &mut pixmap.as_mut(),
     );
-    pixmap.encode_png().map_err(|e| e.to_string())
+    pixmap.encode_png().map_err(failed(name))
 }
