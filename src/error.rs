@@ -44,6 +44,23 @@ pub enum Error {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A JSON file of the run store (a trial record, the plan, the sweep's identity) that
+    /// does not hold what xferlab writes there: damaged, or written by something else.
+    #[error("cannot read {}: {reason}", path.display())]
+    CorruptRecord {
+        /// The file.
+        path: PathBuf,
+        /// What the JSON parser found wrong, with line and column.
+        reason: String,
+    },
+    /// A figure of a report could not be drawn or rendered.
+    #[error("cannot draw figure {name}: {reason}")]
+    Figure {
+        /// The figure's file stem, e.g. `accuracy-vs-depth`.
+        name: String,
+        /// What the drawing library reported.
+        reason: String,
+    },
 }
 
 impl From<InputError> for Error {

@@ -16,6 +16,7 @@ pub mod runner;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod table;
 pub mod tracking;
 pub mod train;
 pub mod trial;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::{Plan, TrialConfig};
+use crate::plan::{Plan, StrategyLabels, TrialConfig};
 use crate::train::{CurvePoint, Evaluation};
 
 /// How a trial ended.
@@ -80,8 +80,8 @@ pub struct TrialRecord {
     pub id: String,
     /// Position in the plan.
     pub index: usize,
-    /// Strategies that resolved to this trial.
-    pub strategies: Vec<String>,
+    /// Strategies that resolved to this trial (written as their names, or `raw`).
+    pub strategies: StrategyLabels,
     /// Blocks 1..t started from the source model.
     pub transfer_depth: usize,
     /// Blocks 1..f were frozen.
@@ -206,9 +206,17 @@ pub fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let context = || format!("cannot read {}", path.display());
-    let bytes = std::fs::read(path).map_err(Error::io(context()))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::io(context())(e.into()))
+    let bytes =
+        std::fs::read(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
+    parse_json(path, &bytes)
+}
+
+/// The JSON of a run-store file, or what is wrong with it.
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::CorruptRecord {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// One sweep's folder in the run store.
@@ -345,9 +353,7 @@ impl RunStore {
     pub fn record(&self, id: &str) -> Result<Option<TrialRecord>> {
         let path = self.record_path(id);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::io(format!("cannot read record {}", path.display()))(e.into())),
+            Ok(bytes) => parse_json(&path, &bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("cannot read record {}", path.display()))(
                 e,
@@ -390,5 +396,28 @@ impl RunStore {
             }
         }
         Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_that_is_not_json_is_a_corrupt_record_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(dir.path(), "sweep");
+        let path = store.record_path("0123456789ab");
+        write_atomic(&path, b"{\"id\": ").unwrap();
+        match store.record("0123456789ab") {
+            Err(error @ Error::CorruptRecord { .. }) => {
+                let text = error.to_string();
+                assert!(text.contains(&path.display().to_string()), "{text}");
+                assert!(text.contains("line 1"), "{text}");
+            }
+            other => panic!("expected a corrupt record, got {other:?}"),
+        }
+        write_atomic(&dir.path().join("sweep").join("plan.json"), b"[]").unwrap();
+        assert!(matches!(store.plan(), Err(Error::CorruptRecord { .. })));
     }
 }

@@ -7,12 +7,12 @@ mod progress;
 use std::process::ExitCode;
 
 use clap::Parser;
-use xferlab::error::{Error, InputError, exit};
+use xferlab::error::{Error, exit};
 use xferlab::experiment::Experiment;
 use xferlab::report::{self, Format};
 use xferlab::runner::{self, RunOptions};
 use xferlab::spec;
-use xferlab::store::{RunStore, write_atomic};
+use xferlab::store::RunStore;
 use xferlab::tracking::Target;
 
 use args::{Cli, Command};
@@ -119,79 +119,36 @@ fn execute(command: Command) -> Result<u8, Error> {
                 sweeps.push((run_store, plan, records, built));
             }
             if let [(_, _, _, a), (_, _, _, b)] = &sweeps[..] {
+                report::check_comparison(format, plots.is_some(), html.is_some())?;
                 print!("{}", report::compare(a, b, format == Format::Md));
                 return Ok(exit::SUCCESS);
             }
             let (run_store, plan, records, built) = &sweeps[0];
             print!("{}", report::render(built, format));
-            if plots.is_none() && html.is_none() {
-                return Ok(exit::SUCCESS);
-            }
-            let figures = report::plots::figures(built, plan, records).map_err(|e| Error::Io {
-                context: "cannot draw the figures".into(),
-                source: std::io::Error::other(e),
-            })?;
+            let drawn = report::publish(
+                run_store,
+                plan,
+                records,
+                built,
+                plots.as_deref(),
+                html.as_deref(),
+            )?;
             if let Some(dir) = plots {
-                for figure in &figures {
-                    let png = report::plots::png(&figure.svg).map_err(|e| Error::Io {
-                        context: format!("cannot render {} as PNG", figure.name),
-                        source: std::io::Error::other(e),
-                    })?;
-                    write_atomic(
-                        &dir.join(format!("{}.svg", figure.name)),
-                        figure.svg.as_bytes(),
-                    )?;
-                    write_atomic(&dir.join(format!("{}.png", figure.name)), &png)?;
-                }
-                eprintln!("{} figure(s) written to {}", figures.len(), dir.display());
+                eprintln!("{drawn} figure(s) written to {}", dir.display());
             }
             if let Some(file) = html {
-                let identity = run_store.saved_identity()?;
-                let page = report::html::Page {
-                    report: built,
-                    records,
-                    figures: &figures,
-                    spec_yaml: &run_store.spec_yaml()?,
-                    overrides: &run_store.overrides()?,
-                    identity: identity.as_ref(),
-                };
-                write_atomic(&file, report::html::render(&page).as_bytes())?;
                 eprintln!("page written to {}", file.display());
             }
             Ok(exit::SUCCESS)
         }
         Command::Sync { run, to, store } => {
             let run_store = RunStore::find(&run, &store)?;
-            let spec = run_store.saved_spec()?;
-            let target = match (to, Target::of(&spec)) {
-                (Some(uri), found) => Target {
-                    uri,
-                    experiment: found.map_or(spec.name.clone(), |t| t.experiment),
-                },
-                (None, Some(target)) => target,
-                (None, None) => match std::env::var(spec::MLFLOW_URI_VARIABLE) {
-                    Ok(uri) if !uri.is_empty() => Target {
-                        uri,
-                        experiment: spec.name.clone(),
-                    },
-                    _ => {
-                        return Err(InputError::new(format!(
-                            "the sweep in {} names no tracking server",
-                            run_store.root().display()
-                        ))
-                        .with_help("give one: xferlab sync RUN --to http://127.0.0.1:5000")
-                        .into());
-                    }
-                },
-            };
-            xferlab::tracking::mlflow::Client::new(&target.uri)
-                .map_err(|m| InputError::new(m).with_help("e.g. --to http://127.0.0.1:5000"))?;
+            let target = Target::for_sync(to, &run_store.saved_spec()?)?;
             let outcome = xferlab::tracking::sync(&target, &run_store, &|m| eprintln!("{m}"))?;
             eprint!("{}", outcome.describe(&target, run_store.root()));
-            Ok(if outcome.missed.is_empty() && outcome.ended {
-                exit::SUCCESS
-            } else {
-                exit::FAILED
+            Ok(match outcome.missed.is_empty() && outcome.ended {
+                true => exit::SUCCESS,
+                false => exit::FAILED,
             })
         }
         Command::Schema => {

@@ -44,8 +44,8 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
     }
     check_model(&spec.model, at)?;
     if let Some(mlflow) = spec.tracking.as_ref().and_then(|t| t.mlflow.as_ref()) {
-        crate::tracking::mlflow::Client::new(&mlflow.uri).map_err(|message| {
-            at("tracking.mlflow.uri", message)
+        crate::tracking::mlflow::Client::new(&mlflow.uri).map_err(|error| {
+            at("tracking.mlflow.uri", error.to_string())
                 .with_help("xferlab talks to MLflow tracking servers over HTTP, e.g. http://127.0.0.1:5000 (`just mlflow` starts one)")
         })?;
     }
@@ -130,7 +130,7 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         return Err(
             at("strategies", "`strategies` is empty".into()).with_help(format!(
                 "name at least one of: {}",
-                Strategy::NAMES.join(", ")
+                Strategy::names().join(", ")
             )),
         );
     }

@@ -16,6 +16,11 @@ use crate::spec::{
     DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec, TrainSpec,
     suggest,
 };
+use crate::table::{self, Layout};
+
+mod label;
+
+pub use label::{StrategyLabel, StrategyLabels};
 
 /// Everything that determines a trial's result, in canonical form: its id is a hash of this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,8 +73,8 @@ pub struct Trial {
     pub index: usize,
     /// Stable id.
     pub id: String,
-    /// Every strategy (or `raw`) that resolved to this trial.
-    pub strategies: Vec<String>,
+    /// Every strategy (or `raw`) that resolved to this trial, in the spec's order.
+    pub strategies: StrategyLabels,
     /// The swept values this trial has, by axis (`freeze_depth` is in `config`).
     pub axes: BTreeMap<String, Value>,
     /// The canonical config.
@@ -86,7 +91,7 @@ pub struct Plan {
     /// Sweep axes other than `freeze_depth` (which every trial shows as f).
     pub axes: Vec<String>,
     /// Strategy labels in the order the spec names them.
-    pub strategies: Vec<String>,
+    pub strategies: StrategyLabels,
     /// (combination, strategy) pairs before equal trials were merged.
     pub expanded: usize,
     /// Distinct trials.
@@ -221,22 +226,15 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
         blocks = blocks.max(l);
         for entry in &point.strategies {
             expanded += 1;
-            let (label, (t, f)) = match entry {
-                StrategyEntry::Named(s) => (
-                    s.name().to_string(),
-                    s.depths(l, point.freeze_depth.unwrap_or(0)),
-                ),
-                StrategyEntry::Raw(raw) => {
-                    ("raw".to_string(), (raw.transfer_depth, raw.freeze_depth))
-                }
+            let (t, f) = match entry {
+                StrategyEntry::Named(s) => s.depths(l, point.freeze_depth.unwrap_or(0)),
+                StrategyEntry::Raw(raw) => (raw.transfer_depth, raw.freeze_depth),
             };
+            let label = StrategyLabel::of(entry);
             let config = trial_config(&point, t, f);
             let id = config.id();
             if let Some(&existing) = by_id.get(&id) {
-                let strategies = &mut trials[existing].strategies;
-                if !strategies.contains(&label) {
-                    strategies.push(label);
-                }
+                trials[existing].strategies.insert(label);
                 continue;
             }
             let config_json = serde_json::to_value(&config).expect("configs serialise");
@@ -249,27 +247,16 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
             trials.push(Trial {
                 index: trials.len(),
                 id,
-                strategies: vec![label],
+                strategies: [label].into_iter().collect(),
                 axes,
                 config,
             });
         }
     }
-    let mut strategies: Vec<String> = Vec::new();
-    for entry in &spec.strategies {
-        let label = match entry {
-            StrategyEntry::Named(s) => s.name().to_string(),
-            StrategyEntry::Raw(_) => "raw".to_string(),
-        };
-        if !strategies.contains(&label) {
-            strategies.push(label);
-        }
-    }
+    let strategies: StrategyLabels = spec.strategies.iter().map(StrategyLabel::of).collect();
     // A merged trial lists its names in the order the spec gives them.
     for trial in &mut trials {
-        trial
-            .strategies
-            .sort_by_key(|s| strategies.iter().position(|x| x == s));
+        trial.strategies.sort_as(&strategies);
     }
     Ok(Plan {
         name: spec.name.clone(),
@@ -351,26 +338,6 @@ pub fn render(plan: &Plan) -> String {
             row
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| r[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-            + "\n"
-    };
     let mut out = format!(
         "{}: {} trials ({} strategy x sweep points, {} merged as equal), model with {} blocks\n",
         plan.name,
@@ -379,10 +346,7 @@ pub fn render(plan: &Plan) -> String {
         plan.expanded - plan.trials.len(),
         plan.blocks
     );
-    out += &line(&header);
-    for row in &rows {
-        out += &line(row);
-    }
+    out += &table::render(&header, &rows, |_| false, Layout::Plain);
     out
 }
 
@@ -440,21 +404,12 @@ sweep: {freeze_depth: [0, 1, 2, 3]}
                 .find(|x| (x.config.transfer_depth, x.config.freeze_depth) == (t, f))
                 .unwrap()
                 .strategies
-                .clone()
+                .join(",")
         };
-        assert_eq!(
-            labels(0, 0),
-            ["scratch", "prefix_frozen", "prefix_finetune"]
-        );
-        assert_eq!(
-            labels(3, 3),
-            ["transfer", "partial_freeze", "prefix_frozen"]
-        );
-        assert_eq!(
-            labels(3, 0),
-            ["partial_freeze", "finetune", "prefix_finetune"]
-        );
-        assert_eq!(labels(2, 1), ["raw"]);
+        assert_eq!(labels(0, 0), "scratch,prefix_frozen,prefix_finetune");
+        assert_eq!(labels(3, 3), "transfer,partial_freeze,prefix_frozen");
+        assert_eq!(labels(3, 0), "partial_freeze,finetune,prefix_finetune");
+        assert_eq!(labels(2, 1), "raw");
         // Scratch transfers nothing, so it does not depend on the source.
         assert!(plan.trials[0].config.source.is_none());
     }

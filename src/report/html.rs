@@ -125,7 +125,7 @@ fn results_table(out: &mut String, report: &Report) {
         let _ = write!(
             out,
             "<tr{class}><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
-            escape(&row.strategy),
+            escape(row.strategy.name()),
             row.transfer_depth,
             row.freeze_depth
         );

@@ -311,15 +311,12 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    /// Every strategy name, as written in specs.
-    pub const NAMES: &'static [&'static str] = &[
-        "scratch",
-        "transfer",
-        "partial_freeze",
-        "finetune",
-        "prefix_frozen",
-        "prefix_finetune",
-    ];
+    /// Every strategy name as written in specs, in the order of the variants. They are
+    /// serde's own spelling (`rename_all` above), read back from the derive, so the names
+    /// have one home, which the spec parser, its error messages and the schema also use.
+    pub fn names() -> &'static [&'static str] {
+        variant_names::<Strategy>()
+    }
 
     /// Whether the preset reads `freeze_depth`.
     pub fn uses_freeze_depth(self) -> bool {
@@ -343,8 +340,38 @@ impl Strategy {
 
     /// The name as written in specs.
     pub fn name(self) -> &'static str {
-        Strategy::NAMES[self as usize]
+        Strategy::names()[self as usize]
     }
+}
+
+/// The variant names of a unit-only enum as its derived `Deserialize` spells them: the
+/// derive hands them to `deserialize_enum`, where this probe keeps them.
+fn variant_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only an enum's names are read"))
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = variants;
+            Err(de::Error::custom("names read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            identifier ignored_any
+        }
+    }
+    let mut names: &'static [&'static str] = &[];
+    // The probe always ends in an error: what it is after is the names it kept.
+    let _ = T::deserialize(Probe(&mut names));
+    names
 }
 
 impl fmt::Display for Strategy {
@@ -436,4 +463,20 @@ fn default_test_per_class() -> usize {
 }
 fn default_log_every() -> usize {
     10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategy_names_are_serdes_spelling() {
+        assert_eq!(Strategy::names().len(), 6);
+        for name in Strategy::names() {
+            let strategy: Strategy = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(strategy.name(), *name);
+            assert_eq!(serde_json::to_value(strategy).unwrap(), *name);
+        }
+        assert_eq!(Strategy::PrefixFinetune.name(), "prefix_finetune");
+    }
 }

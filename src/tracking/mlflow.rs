@@ -8,6 +8,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+mod auth;
+mod wire;
+
+pub use auth::{Auth, redact};
+pub use wire::{Metric, Run, RunInfo};
+use wire::{RawRun, key_values, metric_json, server_message, string_at};
+
 /// Limits of one `runs/log-batch` call (MLflow documents them; the server enforces them).
 const MAX_PARAMS: usize = 100;
 const MAX_TAGS: usize = 100;
@@ -19,6 +26,23 @@ const BACKOFF: [Duration; 3] = [
     Duration::from_secs(1),
     Duration::from_secs(3),
 ];
+
+/// Why a client for a tracking server cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address is not an `http://` or `https://` one.
+    #[error("`{uri}` is not an http:// or https:// address of an MLflow server")]
+    NotHttp {
+        /// The address, without credentials.
+        uri: String,
+    },
+    /// The HTTP client could not start.
+    #[error("cannot start an HTTP client: {reason}")]
+    Http {
+        /// What the HTTP library reported.
+        reason: String,
+    },
+}
 
 /// Why a tracking call failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,100 +67,6 @@ pub enum TrackingError {
     },
 }
 
-/// A run as the server describes it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunInfo {
-    /// Its id.
-    pub run_id: String,
-    /// `RUNNING`, `FINISHED`, `FAILED` or `KILLED`.
-    pub status: String,
-    /// Where its artifacts go: `mlflow-artifacts:/EXP/RUN/artifacts` when proxied.
-    pub artifact_uri: String,
-}
-
-/// A run with its tags.
-#[derive(Debug, Clone)]
-pub struct Run {
-    /// Id, status, artifact location.
-    pub info: RunInfo,
-    /// Tags by key.
-    pub tags: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct RawRun {
-    info: RunInfo,
-    #[serde(default)]
-    data: RawRunData,
-}
-
-#[derive(Default, Deserialize)]
-struct RawRunData {
-    #[serde(default)]
-    tags: Vec<KeyValue>,
-}
-
-#[derive(Deserialize)]
-struct KeyValue {
-    key: String,
-    value: String,
-}
-
-impl From<RawRun> for Run {
-    fn from(raw: RawRun) -> Self {
-        Run {
-            info: raw.info,
-            tags: raw
-                .data
-                .tags
-                .into_iter()
-                .map(|t| (t.key, t.value))
-                .collect(),
-        }
-    }
-}
-
-/// One metric value at a step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Metric {
-    /// Name.
-    pub key: String,
-    /// Value; NaN and infinities are sent as MLflow's strings for them.
-    pub value: f64,
-    /// Unix time in milliseconds.
-    pub timestamp: u64,
-    /// Step.
-    pub step: u64,
-}
-
-/// Credentials sent with every request.
-#[derive(Clone)]
-pub enum Auth {
-    /// `Authorization: Bearer TOKEN`.
-    Bearer(String),
-    /// `Authorization: Basic` with user and password.
-    Basic(String, String),
-}
-
-impl Auth {
-    /// MLflow's conventional variables: `MLFLOW_TRACKING_TOKEN`, else
-    /// `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
-    pub fn from_env() -> Option<Self> {
-        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        match (
-            var("MLFLOW_TRACKING_TOKEN"),
-            var("MLFLOW_TRACKING_USERNAME"),
-        ) {
-            (Some(token), _) => Some(Auth::Bearer(token)),
-            (None, Some(user)) => Some(Auth::Basic(
-                user,
-                var("MLFLOW_TRACKING_PASSWORD").unwrap_or_default(),
-            )),
-            (None, None) => None,
-        }
-    }
-}
-
 /// A connection to one MLflow tracking server.
 pub struct Client {
     base: String,
@@ -145,32 +75,17 @@ pub struct Client {
     auth: Option<Auth>,
 }
 
-/// `uri` without credentials written into it (`http://user:secret@host` → `http://host`).
-pub fn redact(uri: &str) -> String {
-    match uri.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => uri.to_string(),
-    }
-}
-
 impl Client {
     /// A client for the server at `uri` (`http[s]://host:port`), with credentials from
     /// `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
-    pub fn new(uri: &str) -> Result<Self, String> {
+    pub fn new(uri: &str) -> Result<Self, ClientError> {
         Self::with_auth(uri, Auth::from_env())
     }
 
     /// A client for the server at `uri` sending `auth`.
-    pub fn with_auth(uri: &str, auth: Option<Auth>) -> Result<Self, String> {
+    pub fn with_auth(uri: &str, auth: Option<Auth>) -> Result<Self, ClientError> {
         if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-            return Err(format!(
-                "`{}` is not an http:// or https:// address of an MLflow server",
-                redact(uri)
-            ));
+            return Err(ClientError::NotHttp { uri: redact(uri) });
         }
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -178,7 +93,9 @@ impl Client {
             // The server drops idle connections after 5 s; never reuse one it has closed.
             .pool_idle_timeout(Duration::from_secs(4))
             .build()
-            .map_err(|e| format!("cannot start an HTTP client: {e}"))?;
+            .map_err(|e| ClientError::Http {
+                reason: plain_error(&e),
+            })?;
         Ok(Client {
             base: uri.trim_end_matches('/').to_string(),
             shown: redact(uri.trim_end_matches('/')),
@@ -455,24 +372,7 @@ impl Client {
     }
 }
 
-fn key_values(items: &[(String, String)]) -> Vec<Value> {
-    items
-        .iter()
-        .map(|(key, value)| json!({ "key": key, "value": value }))
-        .collect()
-}
-
-fn metric_json(metric: &Metric) -> Value {
-    // A bare NaN would be stored as 0 and the rest of the batch dropped: send the strings.
-    let value = match metric.value {
-        v if v.is_nan() => json!("NaN"),
-        v if v == f64::INFINITY => json!("Infinity"),
-        v if v == f64::NEG_INFINITY => json!("-Infinity"),
-        v => json!(v),
-    };
-    json!({ "key": metric.key, "value": value, "timestamp": metric.timestamp, "step": metric.step })
-}
-
+/// Names the offending item in a rejected call's error.
 fn name_key(error: TrackingError, kind: &str, key: &str) -> TrackingError {
     match error {
         TrackingError::Rejected { what, message } => TrackingError::Rejected {
@@ -480,31 +380,6 @@ fn name_key(error: TrackingError, kind: &str, key: &str) -> TrackingError {
             message,
         },
         error => error,
-    }
-}
-
-fn string_at(reply: &Value, pointer: &str) -> String {
-    reply
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// The server's `{"error_code", "message"}`, or the start of whatever else it answered.
-fn server_message(status: reqwest::StatusCode, body: &str) -> String {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error_code: String,
-        message: String,
-    }
-    match serde_json::from_str::<ErrorBody>(body) {
-        Ok(e) => format!("{}: {}", e.error_code, e.message),
-        Err(_) => {
-            let text: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-            let text: String = text.chars().take(200).collect();
-            format!("HTTP {status}: {text}")
-        }
     }
 }
 
@@ -524,30 +399,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_in_an_address_are_never_shown() {
-        assert_eq!(
-            redact("https://ann:s3cret@mlflow.example.org:8443/base"),
-            "https://mlflow.example.org:8443/base"
-        );
-        assert_eq!(redact("http://127.0.0.1:5000"), "http://127.0.0.1:5000");
+    fn a_client_shows_its_address_without_credentials() {
         let client = Client::new("http://ann:s3cret@127.0.0.1:1/").unwrap();
         assert_eq!(client.uri(), "http://127.0.0.1:1");
-    }
-
-    #[test]
-    fn non_finite_metrics_are_sent_as_mlflow_strings() {
-        let metric = |value| Metric {
-            key: "train_loss".into(),
-            value,
-            timestamp: 1,
-            step: 2,
-        };
-        assert_eq!(metric_json(&metric(f64::NAN))["value"], "NaN");
-        assert_eq!(
-            metric_json(&metric(f64::NEG_INFINITY))["value"],
-            "-Infinity"
-        );
-        assert_eq!(metric_json(&metric(0.5))["value"], 0.5);
     }
 
     /// The headers of the one request a client sends to a listener that answers `{}`.
@@ -584,6 +438,9 @@ mod tests {
     #[test]
     fn only_http_addresses_are_servers() {
         let error = Client::new("127.0.0.1:5000").err().unwrap();
-        assert!(error.contains("http://"), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "`127.0.0.1:5000` is not an http:// or https:// address of an MLflow server"
+        );
     }
 }

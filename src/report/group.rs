@@ -1,0 +1,316 @@
+//! A sweep's results as numbers: trials grouped into rows by strategy, depths and swept
+//! axes; mean, std and a 95% interval over seeds; the gain over the baseline paired by
+//! seed; the best strategy and depths at each setting, with its statistical ties.
+//!
+//! The baseline rule lives here and only here: scratch is the baseline of every setting,
+//! because it transfers nothing and so depends on none of the axes its config leaves null.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Summary;
+use crate::plan::{Plan, StrategyLabel};
+use crate::spec::Strategy;
+use crate::store::{Status, TrialRecord};
+
+/// One group of trials: same strategy, depths and swept values, over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// Strategy (or `raw`).
+    pub strategy: StrategyLabel,
+    /// transfer_depth.
+    pub transfer_depth: usize,
+    /// freeze_depth.
+    pub freeze_depth: usize,
+    /// Values of the report's axes.
+    pub axes: Vec<Value>,
+    /// Finished trials.
+    pub count: usize,
+    /// Failed trials.
+    pub failed: usize,
+    /// Trials of the plan with no record yet.
+    pub missing: usize,
+    /// Eval accuracy over seeds.
+    pub accuracy: Option<Summary>,
+    /// Mean eval loss.
+    pub loss_mean: Option<f64>,
+    /// Accuracy minus the baseline's, paired by seed (same data subset, same everything but
+    /// the strategy), over the seeds both finished.
+    pub gain: Option<Summary>,
+    /// Final-accuracy by seed, for pairing and plots.
+    #[serde(skip)]
+    pub by_seed: BTreeMap<u64, f64>,
+}
+
+impl Row {
+    /// `strategy t=T f=F`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} t={} f={}",
+            self.strategy, self.transfer_depth, self.freeze_depth
+        )
+    }
+
+    /// Whether this row is a baseline, which other rows' gains are measured against and
+    /// which competes at every setting of the axes: scratch.
+    pub fn is_baseline(&self) -> bool {
+        self.strategy == StrategyLabel::Named(Strategy::Scratch)
+    }
+
+    /// Whether the row belongs at `setting` (values of the report's axes): a row at its own
+    /// values; a baseline also wherever its null axes (values it does not depend on) stand.
+    pub fn belongs_at(&self, setting: &[Value]) -> bool {
+        self.axes
+            .iter()
+            .zip(setting)
+            .all(|(own, at)| own == at || (self.is_baseline() && own.is_null()))
+    }
+}
+
+/// The baseline row that `row`'s gain is measured against; none for a baseline itself.
+pub fn baseline_of<'r>(rows: &'r [Row], row: &Row) -> Option<&'r Row> {
+    if row.is_baseline() {
+        return None;
+    }
+    rows.iter()
+        .find(|base| base.is_baseline() && base.belongs_at(&row.axes))
+}
+
+/// The settings of the axes that rows cover, in row order: those of the rows that are not
+/// baselines (a baseline's null axes are no setting of their own), or the first row's when
+/// only baselines are there.
+pub fn settings(rows: &[Row]) -> Vec<&[Value]> {
+    let mut settings: Vec<&[Value]> = Vec::new();
+    for row in rows.iter().filter(|r| !r.is_baseline()) {
+        if !settings.contains(&row.axes.as_slice()) {
+            settings.push(&row.axes);
+        }
+    }
+    if settings.is_empty() {
+        settings = rows.iter().map(|r| r.axes.as_slice()).take(1).collect();
+    }
+    settings
+}
+
+/// The best row at one setting of the axes, and the rows whose intervals overlap its own.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Best {
+    /// Values of the report's axes.
+    pub axes: Vec<Value>,
+    /// The row with the highest mean accuracy.
+    pub best: String,
+    /// Its accuracy.
+    pub accuracy: Summary,
+    /// Rows statistically tied with it (95% intervals overlap).
+    pub tied: Vec<String>,
+}
+
+/// A sweep's results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Experiment name.
+    pub name: String,
+    /// Swept axes that group rows (all but `seed` and `freeze_depth`).
+    pub axes: Vec<String>,
+    /// Rows.
+    pub rows: Vec<Row>,
+    /// Best strategy and depths at each setting of the axes.
+    pub best: Vec<Best>,
+    /// Trials in the plan.
+    pub trials: usize,
+    /// Finished trials.
+    pub finished: usize,
+    /// Failed trials.
+    pub failed: usize,
+    /// Trials not run yet.
+    pub missing: usize,
+}
+
+fn order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+/// Groups the plan's trials with their records.
+pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
+    let axes: Vec<String> = plan.axes.iter().filter(|a| *a != "seed").cloned().collect();
+    let by_id: HashMap<&str, &TrialRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut losses: Vec<Vec<f64>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let (mut finished, mut failed) = (0, 0);
+    for trial in &plan.trials {
+        let record = by_id.get(trial.id.as_str());
+        match record.map(|r| r.status) {
+            Some(Status::Finished) => finished += 1,
+            Some(Status::Failed) => failed += 1,
+            // An interrupted trial is run again: it counts as not run.
+            Some(Status::Interrupted) | None => {}
+        }
+        let values: Vec<Value> = axes
+            .iter()
+            .map(|a| trial.axes.get(a).cloned().unwrap_or(Value::Null))
+            .collect();
+        for &strategy in &trial.strategies {
+            let key = serde_json::to_string(&(
+                strategy,
+                trial.config.transfer_depth,
+                trial.config.freeze_depth,
+                &values,
+            ))
+            .expect("json");
+            let at = *index.entry(key).or_insert_with(|| {
+                rows.push(Row {
+                    strategy,
+                    transfer_depth: trial.config.transfer_depth,
+                    freeze_depth: trial.config.freeze_depth,
+                    axes: values.clone(),
+                    count: 0,
+                    failed: 0,
+                    missing: 0,
+                    accuracy: None,
+                    loss_mean: None,
+                    gain: None,
+                    by_seed: BTreeMap::new(),
+                });
+                losses.push(Vec::new());
+                rows.len() - 1
+            });
+            let row = &mut rows[at];
+            match record {
+                Some(r) if r.status == Status::Finished => {
+                    let eval = r.eval.expect("finished trials have an evaluation");
+                    row.count += 1;
+                    row.by_seed.insert(trial.config.seed, eval.accuracy);
+                    losses[at].push(eval.loss);
+                }
+                Some(r) if r.status == Status::Failed => row.failed += 1,
+                _ => row.missing += 1,
+            }
+        }
+    }
+    for (row, losses) in rows.iter_mut().zip(&losses) {
+        row.accuracy = Summary::of(&row.by_seed.values().copied().collect::<Vec<_>>());
+        row.loss_mean = Summary::of(losses).map(|s| s.mean);
+    }
+    let gains: Vec<Option<Summary>> = rows
+        .iter()
+        .map(|row| {
+            let base = baseline_of(&rows, row)?;
+            let differences: Vec<f64> = row
+                .by_seed
+                .iter()
+                .filter_map(|(seed, accuracy)| Some(accuracy - base.by_seed.get(seed)?))
+                .collect();
+            Summary::of(&differences)
+        })
+        .collect();
+    for (row, gain) in rows.iter_mut().zip(gains) {
+        row.gain = gain;
+    }
+    let strategy_rank = |s: StrategyLabel| {
+        plan.strategies
+            .iter()
+            .position(|p| *p == s)
+            .unwrap_or(usize::MAX)
+    };
+    rows.sort_by(|a, b| {
+        a.axes
+            .iter()
+            .zip(&b.axes)
+            .map(|(x, y)| order(x, y))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(strategy_rank(a.strategy).cmp(&strategy_rank(b.strategy)))
+            .then(a.transfer_depth.cmp(&b.transfer_depth))
+            .then(a.freeze_depth.cmp(&b.freeze_depth))
+    });
+    Report {
+        name: plan.name.clone(),
+        best: best(&rows),
+        axes,
+        rows,
+        trials: plan.trials.len(),
+        finished,
+        failed,
+        missing: plan.trials.len() - finished - failed,
+    }
+}
+
+/// At each setting of the axes (rows are sorted by them), the best row and its ties.
+/// A baseline, whose null axes match every setting, competes at each one.
+fn best(rows: &[Row]) -> Vec<Best> {
+    settings(rows)
+        .into_iter()
+        .filter_map(|axes| {
+            let here: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.belongs_at(axes))
+                .filter(|r| r.accuracy.is_some())
+                .collect();
+            let top = here.iter().max_by(|a, b| {
+                let (x, y) = (a.accuracy.unwrap().mean, b.accuracy.unwrap().mean);
+                x.total_cmp(&y)
+            })?;
+            let accuracy = top.accuracy.unwrap();
+            Some(Best {
+                axes: axes.to_vec(),
+                best: top.label(),
+                accuracy,
+                tied: here
+                    .iter()
+                    .filter(|r| !std::ptr::eq(**r, *top))
+                    .filter(|r| r.accuracy.unwrap().overlaps(&accuracy))
+                    .map(|r| r.label())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(strategy: Strategy, axes: Vec<Value>) -> Row {
+        Row {
+            strategy: StrategyLabel::Named(strategy),
+            transfer_depth: 0,
+            freeze_depth: 0,
+            axes,
+            count: 0,
+            failed: 0,
+            missing: 0,
+            accuracy: None,
+            loss_mean: None,
+            gain: None,
+            by_seed: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn scratch_is_the_baseline_of_every_setting_it_does_not_depend_on() {
+        // Axes: (per_class, lr); scratch does not depend on per_class here.
+        let rows = vec![
+            row(Strategy::Scratch, vec![Value::Null, json!(0.1)]),
+            row(Strategy::Transfer, vec![json!(5), json!(0.1)]),
+            row(Strategy::Transfer, vec![json!(20), json!(0.1)]),
+            row(Strategy::Finetune, vec![json!(20), json!(0.2)]),
+        ];
+        assert_eq!(baseline_of(&rows, &rows[1]), Some(&rows[0]));
+        assert_eq!(baseline_of(&rows, &rows[2]), Some(&rows[0]));
+        assert_eq!(baseline_of(&rows, &rows[3]), None, "lr differs");
+        assert_eq!(baseline_of(&rows, &rows[0]), None, "no baseline of its own");
+        assert!(rows[0].belongs_at(&rows[2].axes));
+        assert!(!rows[1].belongs_at(&rows[2].axes));
+        let axes: Vec<&[Value]> = rows[1..].iter().map(|r| r.axes.as_slice()).collect();
+        assert_eq!(settings(&rows), axes);
+        // With only baselines, their own values are the one setting.
+        assert_eq!(settings(&rows[..1]), [rows[0].axes.as_slice()]);
+    }
+}
