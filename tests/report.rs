@@ -28,6 +28,21 @@ fn comparing_two_sweeps_matches_their_rows() {
     let ran = test.run(&["report", FIXTURE, FIXTURE]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     insta::assert_snapshot!("fixture_compared_with_itself", ran.stdout);
+    // What applies to one sweep is refused, not silently ignored, and nothing is written.
+    for extra in [
+        &["--format", "csv"][..],
+        &["--format", "json"],
+        &["--plots", "figures"],
+        &["--html", "page.html"],
+    ] {
+        let mut args = vec!["report", FIXTURE, FIXTURE];
+        args.extend(extra);
+        let ran = test.run(&args);
+        assert_eq!(ran.code, 2, "{extra:?}: {}", ran.stderr);
+        assert!(ran.stdout.is_empty(), "{extra:?}: {}", ran.stdout);
+        assert!(ran.stderr.contains("apply to one sweep"), "{}", ran.stderr);
+    }
+    assert!(!test.join("figures").exists() && !test.join("page.html").exists());
 }
 
 #[test]
