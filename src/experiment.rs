@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 use crate::plan::{self, Plan};
 use crate::spec::{self, DeviceChoice, LoadedSpec};
 
-/// A loaded, planned and checked spec.
+/// A loaded, planned and checked spec. Outside this crate only `prepare` makes one, so
+/// whoever holds one holds a checked spec.
+#[non_exhaustive]
 pub struct Experiment {
     /// The spec with the layers it came from.
     pub loaded: LoadedSpec,
