@@ -1,5 +1,7 @@
-//! Datasets: where images come from (generated, IDX), class subsets, sampling, tensors.
+//! Datasets: where images come from (generated, IDX, image folders), their size and
+//! channels as the model wants them, class subsets, sampling, tensors.
 
+pub mod folder;
 mod generated;
 pub mod idx;
 
@@ -50,7 +52,7 @@ impl Images {
     }
 }
 
-fn count(labels: &[u32]) -> BTreeMap<u32, usize> {
+pub(crate) fn count(labels: &[u32]) -> BTreeMap<u32, usize> {
     let mut counts = BTreeMap::new();
     for &label in labels {
         *counts.entry(label).or_insert(0) += 1;
@@ -94,7 +96,7 @@ impl Catalog {
             .ok_or_else(|| InputError::new(format!("no dataset named `{name}`")))
     }
 
-    /// One split of a dataset, loaded on first use.
+    /// One split of a dataset, loaded on first use, at the size and channels the spec asks.
     pub fn images(&self, name: &str, split: Split) -> Result<Arc<Images>, InputError> {
         let key = (name.to_string(), split);
         if let Some(images) = self.loaded.lock().expect("catalog lock").get(&key) {
@@ -102,10 +104,16 @@ impl Catalog {
         }
         let spec = self.spec(name)?;
         let images = Arc::new(match spec.format {
-            DatasetFormat::Generated => {
-                generated::images(&spec.generated.clone().unwrap_or_default(), split)
+            DatasetFormat::Generated => fitted(
+                generated::images(&spec.generated.clone().unwrap_or_default(), split),
+                spec,
+            ),
+            DatasetFormat::Idx => fitted(idx::images(dir_of(spec, name)?, split)?, spec),
+            DatasetFormat::ImageFolder => {
+                let shape = self.shape(name)?;
+                let listing = folder::list(dir_of(spec, name)?, split, spec.holdout)?;
+                folder::images(&listing, shape.height, shape.channels)?
             }
-            DatasetFormat::Idx => idx::images(dir_of(spec, name)?, split)?,
         });
         self.loaded
             .lock()
@@ -130,6 +138,9 @@ impl Catalog {
                 generated::class_counts(&spec.generated.clone().unwrap_or_default(), split)
             }
             DatasetFormat::Idx => count(&idx::checked_labels(dir_of(spec, name)?, split)?),
+            DatasetFormat::ImageFolder => {
+                folder::class_counts(&folder::list(dir_of(spec, name)?, split, spec.holdout)?)
+            }
         };
         self.counts
             .lock()
@@ -138,14 +149,30 @@ impl Catalog {
         Ok(counts)
     }
 
-    /// The shape of the dataset's images.
+    /// The shape of the dataset's images, as the model sees them.
     pub fn shape(&self, name: &str) -> Result<ImageShape, InputError> {
         let spec = self.spec(name)?;
-        Ok(match spec.format {
+        let native = match spec.format {
             DatasetFormat::Generated => {
                 generated::shape(&spec.generated.clone().unwrap_or_default())
             }
             DatasetFormat::Idx => idx::shape(dir_of(spec, name)?, Split::Train)?,
+            DatasetFormat::ImageFolder => {
+                let size = spec.image_size.ok_or_else(|| {
+                    InputError::new(format!("image folder `{name}` needs an `image_size`"))
+                })?;
+                ImageShape {
+                    channels: 3,
+                    height: size,
+                    width: size,
+                }
+            }
+        };
+        let size = spec.image_size;
+        Ok(ImageShape {
+            channels: spec.channels.unwrap_or(native.channels),
+            height: size.unwrap_or(native.height),
+            width: size.unwrap_or(native.width),
         })
     }
 
@@ -182,13 +209,15 @@ impl Catalog {
             chosen.extend(indices.iter().map(|&i| (i, new_label as u32)));
         }
         let len = images.shape.values();
-        let (mean, std) = (spec.mean as f32, spec.std as f32);
+        let plane = images.shape.height * images.shape.width;
+        let channels = images.shape.channels;
+        let mean: Vec<f32> = (0..channels).map(|c| spec.mean.get(c) as f32).collect();
+        let std: Vec<f32> = (0..channels).map(|c| spec.std.get(c) as f32).collect();
         let mut pixels = Vec::with_capacity(chosen.len() * len);
         for &(index, _) in &chosen {
+            let image = &images.pixels[index * len..(index + 1) * len];
             pixels.extend(
-                images.pixels[index * len..(index + 1) * len]
-                    .iter()
-                    .map(|p| (p - mean) / std),
+                (image.iter().enumerate()).map(|(i, p)| (p - mean[i / plane]) / std[i / plane]),
             );
         }
         let targets: Vec<u32> = chosen.iter().map(|&(_, label)| label).collect();
@@ -209,5 +238,42 @@ impl Catalog {
 fn dir_of<'a>(spec: &'a DatasetSpec, name: &str) -> Result<&'a std::path::Path, InputError> {
     spec.dir
         .as_deref()
-        .ok_or_else(|| InputError::new(format!("dataset `{name}` has format idx but no `dir`")))
+        .ok_or_else(|| InputError::new(format!("dataset `{name}` has no `dir`")))
+}
+
+/// Images at the size and channels the spec asks, when it asks for others than the files'.
+fn fitted(images: Images, spec: &DatasetSpec) -> Images {
+    let native = images.shape;
+    let size = spec.image_size.unwrap_or(native.height);
+    let channels = spec.channels.unwrap_or(native.channels);
+    if (size, size, channels) == (native.height, native.width, native.channels) {
+        return images;
+    }
+    let len = native.values();
+    let mut pixels = Vec::with_capacity(images.labels.len() * channels * size * size);
+    for image in images.pixels.chunks(len) {
+        let bytes: Vec<u8> = image.iter().map(|p| (p * 255.0).round() as u8).collect();
+        let (w, h) = (native.width as u32, native.height as u32);
+        let decoded = match native.channels {
+            1 => image::GrayImage::from_raw(w, h, bytes).map(image::DynamicImage::from),
+            _ => {
+                // Planes (CHW) to interleaved RGB (HWC).
+                let plane = native.height * native.width;
+                let rgb: Vec<u8> = (0..plane * 3)
+                    .map(|i| bytes[(i % 3) * plane + i / 3])
+                    .collect();
+                image::RgbImage::from_raw(w, h, rgb).map(image::DynamicImage::from)
+            }
+        };
+        pixels.extend(folder::fit(&decoded.expect("sizes match"), size, channels));
+    }
+    Images {
+        shape: ImageShape {
+            channels,
+            height: size,
+            width: size,
+        },
+        pixels,
+        labels: images.labels,
+    }
 }

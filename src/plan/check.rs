@@ -199,7 +199,21 @@ fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), In
                 "an idx dataset needs `dir`, the folder of its files".into(),
             ));
         }
-        DatasetFormat::Idx if dataset.generated.is_some() => {
+        DatasetFormat::ImageFolder if dataset.dir.is_none() => {
+            return Err(at(
+                path,
+                "an image_folder dataset needs `dir`, the folder of its class folders".into(),
+            ));
+        }
+        DatasetFormat::ImageFolder if dataset.image_size.is_none() => {
+            return Err(at(
+                path,
+                "an image_folder dataset needs `image_size`, the side its images are cropped to"
+                    .into(),
+            )
+            .with_help("e.g. image_size: 64; ImageNet models are trained at 224"));
+        }
+        DatasetFormat::Idx | DatasetFormat::ImageFolder if dataset.generated.is_some() => {
             return Err(at(
                 &format!("{path}.generated"),
                 "`generated` options apply only to format `generated`".into(),
@@ -248,17 +262,69 @@ fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), In
             }
         }
     }
-    if !dataset.mean.is_finite() {
+    if let Some(size) = dataset.image_size
+        && !(8..=1024).contains(&size)
+    {
         return Err(at(
-            &format!("{path}.mean"),
-            format!("mean {} is not a finite number", dataset.mean),
+            &format!("{path}.image_size"),
+            format!("image_size {size}: use 8 to 1024"),
         ));
     }
-    if !dataset.std.is_finite() || dataset.std <= 0.0 {
-        return Err(at(
-            &format!("{path}.std"),
-            format!("std {}: use a finite number > 0", dataset.std),
-        ));
+    let channels = match (dataset.channels, dataset.format) {
+        (Some(c @ (1 | 3)), _) => c,
+        (Some(c), _) => {
+            return Err(at(
+                &format!("{path}.channels"),
+                format!("channels {c}: use 1 (grey) or 3 (RGB)"),
+            ));
+        }
+        (None, DatasetFormat::ImageFolder) => 3,
+        (None, _) => 1,
+    };
+    match (dataset.holdout, dataset.format) {
+        (Some(h), DatasetFormat::ImageFolder) if !(h > 0.0 && h < 1.0) => {
+            return Err(at(
+                &format!("{path}.holdout"),
+                format!("holdout {h}: use a fraction between 0 and 1, e.g. 0.2"),
+            ));
+        }
+        (Some(_), DatasetFormat::Idx | DatasetFormat::Generated) => {
+            return Err(at(
+                &format!("{path}.holdout"),
+                "`holdout` applies only to format `image_folder`".into(),
+            ));
+        }
+        _ => {}
+    }
+    for (key, values, positive) in [
+        ("mean", dataset.mean.values(), false),
+        ("std", dataset.std.values(), true),
+    ] {
+        let at_key = format!("{path}.{key}");
+        if let PerChannel::Each(list) = if positive {
+            &dataset.std
+        } else {
+            &dataset.mean
+        } && list.len() != channels
+        {
+            return Err(at(
+                &at_key,
+                format!(
+                    "{key} has {} values, but the images have {channels} channel{}",
+                    list.len(),
+                    if channels == 1 { "" } else { "s" }
+                ),
+            )
+            .with_help("give one number, or one per channel"));
+        }
+        if let Some(bad) = (values.iter()).find(|v| !v.is_finite() || (positive && **v <= 0.0)) {
+            let wanted = if positive {
+                "a finite number > 0"
+            } else {
+                "a finite number"
+            };
+            return Err(at(&at_key, format!("{key} {bad}: use {wanted}")));
+        }
     }
     Ok(())
 }
@@ -389,6 +455,22 @@ fn check_selection(
                 ..located
             }
         })?;
+    // Image files are decoded here, once (the catalog keeps them for the run), so that an
+    // unreadable image is refused before anything trains.
+    if spec.datasets[&selection.dataset].format == DatasetFormat::ImageFolder {
+        catalog
+            .images(&selection.dataset, selection.split)
+            .map_err(|e| {
+                let located = at(
+                    &format!("datasets.{}.dir", selection.dataset),
+                    e.message.clone(),
+                );
+                InputError {
+                    origin: e.origin.clone().or(located.origin),
+                    ..located
+                }
+            })?;
+    }
     let classes: Vec<u32> = match &selection.classes {
         Some(classes) => classes.clone(),
         None => counts.keys().copied().collect(),

@@ -91,18 +91,100 @@ pub enum Domain {
 pub struct DatasetSpec {
     /// Storage format.
     pub format: DatasetFormat,
-    /// Folder holding the files (`idx`); relative paths start at the spec file's folder.
+    /// Folder holding the files (`idx`, `image_folder`); relative paths start at the spec
+    /// file's folder.
     #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Options of the built-in generated domain (`generated` only).
     #[serde(default)]
     pub generated: Option<GeneratedSpec>,
-    /// Mean subtracted from inputs after scaling them to [0, 1].
+    /// Mean subtracted from inputs after scaling them to [0, 1]: one number, or one per channel
+    /// (ImageNet models: [0.485, 0.456, 0.406]).
     #[serde(default)]
-    pub mean: f64,
-    /// Standard deviation inputs are divided by after subtracting the mean.
-    #[serde(default = "one")]
-    pub std: f64,
+    pub mean: PerChannel,
+    /// Standard deviation inputs are divided by after subtracting the mean: one number, or one
+    /// per channel (ImageNet models: [0.229, 0.224, 0.225]).
+    #[serde(default = "PerChannel::one")]
+    pub std: PerChannel,
+    /// Side of the square images a model sees: each image's shorter side is resized to it and
+    /// the centre cropped. Required for `image_folder`; for the others, their own size when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// Colour channels a model sees: 1 (grey) or 3 (RGB), converted as needed. Default: 3 for
+    /// `image_folder`, the files' own for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    /// `image_folder` without train/ and test/ folders: the fraction of each class held out
+    /// as the test split (chosen by a hash of each file's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
+}
+
+/// A normalisation value: one number for every channel, or one per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PerChannel {
+    /// The same for every channel.
+    All(f64),
+    /// One per channel, in order.
+    Each(Vec<f64>),
+}
+
+impl Default for PerChannel {
+    fn default() -> Self {
+        PerChannel::All(0.0)
+    }
+}
+
+impl PerChannel {
+    fn one() -> Self {
+        PerChannel::All(1.0)
+    }
+
+    /// The value for channel `c` (a list must have one per channel: checked by the planner).
+    pub fn get(&self, c: usize) -> f64 {
+        match self {
+            PerChannel::All(value) => *value,
+            PerChannel::Each(values) => values[c],
+        }
+    }
+
+    /// Every value given.
+    pub fn values(&self) -> &[f64] {
+        match self {
+            PerChannel::All(value) => std::slice::from_ref(value),
+            PerChannel::Each(values) => values,
+        }
+    }
+}
+
+// Hand-written so a wrong value gets "expected a number or a list of numbers" instead of the
+// untagged enum's "data did not match any variant".
+impl<'de> Deserialize<'de> for PerChannel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PerChannelVisitor;
+        impl<'de> Visitor<'de> for PerChannelVisitor {
+            type Value = PerChannel;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or a list of numbers (one per channel)")
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<PerChannel, E> {
+                Ok(PerChannel::All(value))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<PerChannel, E> {
+                Ok(PerChannel::All(value as f64))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<PerChannel, E> {
+                Ok(PerChannel::All(value as f64))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<PerChannel, A::Error> {
+                Vec::<f64>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(PerChannel::Each)
+            }
+        }
+        deserializer.deserialize_any(PerChannelVisitor)
+    }
 }
 
 /// Storage format of a dataset.
@@ -113,6 +195,9 @@ pub enum DatasetFormat {
     Generated,
     /// MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-...`).
     Idx,
+    /// PNG and JPEG files in `dir/<class>/<image>` (torchvision's ImageFolder), split into
+    /// `dir/train/` and `dir/test/`, or by `holdout`.
+    ImageFolder,
 }
 
 /// The built-in generated domain: glyphs made of strokes placed in the four quadrants.
@@ -436,12 +521,12 @@ pub fn builtin_dataset() -> DatasetSpec {
         format: DatasetFormat::Generated,
         dir: None,
         generated: Some(GeneratedSpec::default()),
-        mean: 0.0,
-        std: 1.0,
+        mean: PerChannel::All(0.0),
+        std: PerChannel::All(1.0),
+        image_size: None,
+        channels: None,
+        holdout: None,
     }
-}
-fn one() -> f64 {
-    1.0
 }
 fn default_domain_seed() -> u64 {
     7

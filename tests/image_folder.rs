@@ -1,0 +1,129 @@
+//! Image folders from real photos: a folder in torchvision's layout made by the test from the
+//! photos scripts/assets fetches (crops of a cat, a coffee cup and a rocket, as PNG and
+//! JPEG), swept end to end with a source pretrained on the generated glyphs resized to the
+//! same RGB size.
+
+mod common;
+
+use std::path::Path;
+
+use common::Test;
+
+/// The real photos (scripts/assets, run by scripts/test); a missing one fails the test.
+fn photo(name: &str) -> image::DynamicImage {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/photos")
+        .join(name);
+    image::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/assets (scripts/test does)",
+            path.display()
+        )
+    })
+}
+
+/// `root/<split>/<class>/<n>.<ext>`: `per_split` crops of each photo per split, at different
+/// places and sizes, every other one mirrored, alternately PNG and JPEG.
+fn write_folder(root: &Path, per_split: u32) {
+    for (class, name) in [
+        ("cat", "chelsea.png"),
+        ("coffee", "coffee.png"),
+        ("rocket", "rocket.jpg"),
+    ] {
+        let photo = photo(name);
+        let (w, h) = (photo.width(), photo.height());
+        for (s, split) in ["train", "test"].into_iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_split {
+                let k = i + s as u32 * per_split;
+                let side = w.min(h) * (6 + k % 4) / 10;
+                let (x, y) = ((w - side) * (k % 5) / 4, (h - side) * (k % 3) / 2);
+                let mut crop = photo.crop_imm(x, y, side, side);
+                if k % 2 == 1 {
+                    crop = crop.fliph();
+                }
+                let ext = if k.is_multiple_of(2) { "png" } else { "jpg" };
+                crop.to_rgb8().save(dir.join(format!("{i}.{ext}"))).unwrap();
+            }
+        }
+    }
+}
+
+const SPEC: &str = "name: photos
+datasets:
+  photos: {format: image_folder, dir: photos, image_size: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+  glyphs: {format: generated, image_size: 32, channels: 3, generated: {train_per_class: 60, test_per_class: 10}}
+model: {arch: cnn6}
+source:
+  pretrain:
+    data: {dataset: glyphs, classes: [0, 1, 2, 3, 4, 5]}
+    train: {steps: 30, batch_size: 32, lr: 1.0e-3}
+target:
+  train: {dataset: photos, classes: [0, 1, 2], per_class: 6}
+  eval: {dataset: photos, split: test, classes: [0, 1, 2]}
+train: {steps: 20, batch_size: 9, lr: 1.0e-3}
+strategies: [scratch, transfer, finetune]
+";
+
+#[test]
+fn a_sweep_trains_on_an_image_folder_of_real_photos() {
+    let test = Test::new().file("spec.yaml", SPEC);
+    write_folder(&test.join("photos"), 8);
+    let plan = test.run(&["plan", "spec.yaml"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let ran = test.run(&["run", "spec.yaml", "--device", "cpu"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let records = test.records("photos");
+    assert_eq!(records.len(), 3);
+    for record in records.values() {
+        assert_eq!(record["status"], "finished", "{record}");
+        let accuracy = record["eval"]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy));
+    }
+}
+
+#[test]
+fn a_corrupt_photo_is_refused_by_validate_naming_the_file() {
+    let test = Test::new().file("spec.yaml", SPEC);
+    write_folder(&test.join("photos"), 8);
+    std::fs::write(
+        test.join("photos/test/rocket/3.jpg"),
+        b"\xff\xd8 not a jpeg",
+    )
+    .unwrap();
+    let ran = test.run(&["validate", "spec.yaml"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("photos/test/rocket/3.jpg") && ran.stderr.contains("cannot decode"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn holdout_splits_each_class_into_disjoint_train_and_test() {
+    let test = Test::new();
+    write_folder(&test.join("all"), 5);
+    // One folder of classes, no train/ or test/: move train's classes up, drop test.
+    let flat = test.join("flat");
+    std::fs::rename(test.join("all/train"), &flat).unwrap();
+    let spec = SPEC
+        .replace(
+            "{format: image_folder, dir: photos, image_size: 32,",
+            "{format: image_folder, dir: flat, holdout: 0.4, image_size: 32,",
+        )
+        .replace("per_class: 6", "per_class: 3");
+    let test = test.file("spec.yaml", spec);
+    let ran = test.run(&["run", "spec.yaml", "--device", "cpu", "--trial", "0"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    // 5 images a class: 2 held out for test, 3 to train on, so per_class 4 is too many.
+    let ran = test.run(&["validate", "spec.yaml", "--set", "target.train.per_class=4"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("per_class 4 is more than class 0 has: 3 images"),
+        "{}",
+        ran.stderr
+    );
+}
