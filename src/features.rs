@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Tensor};
 
 use crate::data::Batchable;
-use crate::model::Network;
+use crate::model::{Mode, Network};
 
 /// Images per forward pass when filling the cache. Every pass has exactly this many (the last
 /// one padded): matrix kernels sum in an order that depends on the shapes, so fixed shapes
@@ -154,7 +154,7 @@ impl FeatureCache {
                 let x = data
                     .inputs
                     .index_select(&Tensor::new(at, data.inputs.device())?, 0)?;
-                let out = net.forward_blocks(&x, 0..key.depth)?.detach();
+                let out = net.forward_blocks(&x, 0..key.depth, Mode::Infer)?.detach();
                 parts.push(out.narrow(0, 0, chunk.len())?);
             }
             let tensor = Tensor::cat(&parts, 0)?;
@@ -176,7 +176,7 @@ impl FeatureCache {
 
 /// Bytes of one image's features at `depth`.
 fn row_size(net: &Network, data: &Batchable, depth: usize) -> candle_core::Result<usize> {
-    let one = net.forward_blocks(&data.inputs.narrow(0, 0, 1)?, 0..depth)?;
+    let one = net.forward_blocks(&data.inputs.narrow(0, 0, 1)?, 0..depth, Mode::Infer)?;
     Ok(one.elem_count() * DType::F32.size_in_bytes())
 }
 
@@ -250,7 +250,9 @@ mod tests {
             (&first[2], &first[0]),
             "images 4 and 3"
         );
-        let direct = net.forward_blocks(&data(&[4, 9, 3]).inputs, 0..1).unwrap();
+        let direct = net
+            .forward_blocks(&data(&[4, 9, 3]).inputs, 0..1, Mode::Infer)
+            .unwrap();
         for (cached, direct) in again.iter().zip(direct.to_vec2::<f32>().unwrap()) {
             for (a, b) in cached.iter().zip(direct) {
                 assert!((a - b).abs() < 1e-5, "{cached:?}");

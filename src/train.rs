@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Batchable;
 use crate::features::Features;
-use crate::model::Network;
+use crate::model::{Mode, Network};
 use crate::optim::Optimizer;
 use crate::spec::TrainSpec;
 
@@ -161,9 +161,11 @@ pub fn fit(
         let (taken, rows) = upcoming.as_ref().expect("uploaded at the first step");
         let mut x = inputs.index_select(&rows.get(within)?, 0)?;
         if first_block < freeze_depth {
-            x = net.forward_blocks(&x, 0..freeze_depth)?.detach();
+            x = net
+                .forward_blocks(&x, 0..freeze_depth, Mode::Infer)?
+                .detach();
         }
-        let logits = net.head(&net.forward_blocks(&x, freeze_depth..blocks)?)?;
+        let logits = net.head(&net.forward_blocks(&x, freeze_depth..blocks, Mode::Train)?)?;
         let loss = cross_entropy(&logits, &data.targets.index_select(&taken.get(within)?, 0)?)?;
         optimizer.backward_step(&loss)?;
         loss_sum = Some(match loss_sum {
@@ -225,9 +227,11 @@ pub fn evaluate(
             Some(features) => {
                 let rows = Tensor::new(&features.rows[start..start + len], device)?;
                 let x = features.tensor.index_select(&rows, 0)?;
-                net.forward_blocks(&x, freeze_depth..blocks)?
+                net.forward_blocks(&x, freeze_depth..blocks, Mode::Infer)?
             }
-            None => net.forward_blocks(&data.inputs.narrow(0, start, len)?, 0..blocks)?,
+            None => {
+                net.forward_blocks(&data.inputs.narrow(0, start, len)?, 0..blocks, Mode::Infer)?
+            }
         };
         let logits = net.head(&last)?.detach();
         loss = (loss + (cross_entropy(&logits, &targets)? * len as f64)?)?;

@@ -59,6 +59,16 @@ impl Layer {
     }
 }
 
+/// How blocks run. Training: batch statistics, running statistics updated (BatchNorm).
+/// Inference: running statistics, untouched; frozen blocks always run so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The blocks being trained.
+    Train,
+    /// Frozen blocks, evaluation and feature extraction.
+    Infer,
+}
+
 /// Why a source model's tensors do not fit a network; reads after the source's name.
 #[derive(Debug, thiserror::Error)]
 pub enum Mismatch {
@@ -210,8 +220,14 @@ impl Network {
         self.blocks.len()
     }
 
-    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f).
-    pub fn forward_blocks(&self, x: &Tensor, range: Range<usize>) -> candle_core::Result<Tensor> {
+    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f) in `mode` (mlp and cnn6 have no
+    /// layer that tells the modes apart).
+    pub fn forward_blocks(
+        &self,
+        x: &Tensor,
+        range: Range<usize>,
+        _mode: Mode,
+    ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for block in &self.blocks[range] {
             for layer in block {
@@ -226,9 +242,9 @@ impl Network {
         self.head.forward(x)
     }
 
-    /// Logits for a batch of images.
+    /// Logits for a batch of images, in inference mode.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.head(&self.forward_blocks(x, 0..self.blocks.len())?)
+        self.head(&self.forward_blocks(x, 0..self.blocks.len(), Mode::Infer)?)
     }
 
     /// The variables the optimizer updates when blocks 1..`freeze_depth` are frozen.
