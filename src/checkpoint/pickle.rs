@@ -4,9 +4,9 @@
 //! accepts any global, so a file naming `os.system` reads without complaint, and a few
 //! opcodes can make it panic or allocate without bound. Rather than write another pickle
 //! machine, this steps candle's one opcode at a time and looks at each opcode before it runs:
-//! a global outside the few a state dict needs is refused with its name, and the arguments
-//! that could hurt (a huge integer, a string longer than the file, memo copies that grow
-//! without bound) are checked first.
+//! a global outside the few a state dict needs is refused with its name, and what could hurt
+//! is checked first: a huge integer, a string longer than the file, memo copies that grow
+//! without bound, objects nested deep enough to overflow the stack when dropped.
 
 use std::collections::HashMap;
 
@@ -28,10 +28,14 @@ const ALLOWED: &[(&str, &str)] = &[
     ("torch", "BoolStorage"),
 ];
 
-/// How many objects memo copies (`BINGET`) may create beyond the file's own size: candle's
-/// memo hands out deep copies, and a few bytes of pickle can otherwise double an object
-/// again and again.
-const COPY_ALLOWANCE: usize = 1 << 20;
+/// How many objects may be copied or inspected beyond four per byte of pickle: candle's memo
+/// hands out deep copies, and a few bytes can otherwise double an object again and again.
+const WORK_ALLOWANCE: usize = 1 << 20;
+
+/// How deeply objects may nest. A state dict nests about eight deep (dict, parameter,
+/// tensor, storage id); candle's objects are dropped recursively, so a pickle nesting a
+/// million deep would overflow the stack.
+const MAX_DEPTH: usize = 100;
 
 /// What is wrong with a pickle, or the file around it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,13 +77,30 @@ pub fn unpickle(bytes: &[u8], what: &str) -> Result<Unpickled, Fault> {
     let mut rest = bytes;
     let mut stack = Stack::empty();
     let mut first_seen = HashMap::new();
-    let mut copies = 0usize;
-    let copy_budget = bytes.len().saturating_mul(4).saturating_add(COPY_ALLOWANCE);
+    let mut work = Work {
+        done: 0,
+        budget: bytes.len().saturating_mul(4).saturating_add(WORK_ALLOWANCE),
+        what,
+    };
     loop {
         let Some(&opcode) = rest.first() else {
             return Err(Fault::Truncated(what.to_string()));
         };
         check(opcode, &rest[1..], &stack, what)?;
+        // What APPEND(S) and SETITEM(S) put into a container must leave it shallow enough.
+        let items = stack.stack();
+        let added = match opcode {
+            b'a' => items.len().saturating_sub(1),
+            b's' => items.len().saturating_sub(2),
+            b'e' | b'u' => items
+                .iter()
+                .rposition(|o| *o == Object::Mark)
+                .map_or(items.len(), |mark| mark + 1),
+            _ => items.len(),
+        };
+        for item in &items[added..] {
+            work.walk(item, MAX_DEPTH - 1)?;
+        }
         let done = stack.read(&mut rest).map_err(|e| {
             if rest.is_empty() {
                 Fault::Truncated(what.to_string())
@@ -96,14 +117,14 @@ pub fn unpickle(bytes: &[u8], what: &str) -> Result<Unpickled, Fault> {
             let rank = first_seen.len();
             first_seen.entry(s.clone()).or_insert(rank);
         }
-        if opcode == b'h' || opcode == b'j' {
-            let top = stack.stack().last();
-            copies += top.map_or(0, |o| count(o, copy_budget.saturating_sub(copies) + 1));
-            if copies > copy_budget {
-                return Err(Fault::Malformed(format!(
-                    "{what} copies its objects more than a state dict needs"
-                )));
-            }
+        // After a memo copy (BINGET, LONG_BINGET, BINPUT, LONG_BINPUT), charge what was
+        // copied; after an opcode that wraps objects into a new one, check its depth.
+        if let (
+            b'h' | b'j' | b'q' | b'r' | b't' | 0x85..=0x87 | b'R' | b'b' | 0x81 | b'Q',
+            Some(top),
+        ) = (opcode, stack.stack().last())
+        {
+            work.walk(top, MAX_DEPTH)?;
         }
     }
     let object = stack
@@ -176,26 +197,48 @@ fn check(opcode: u8, arguments: &[u8], stack: &Stack, what: &str) -> Result<(), 
     Ok(())
 }
 
-/// The number of objects in `object`, counting no further than `limit`.
-fn count(object: &Object, limit: usize) -> usize {
-    let mut seen = 0;
-    let mut pending = vec![object];
-    while let Some(o) = pending.pop() {
-        seen += 1;
-        if seen >= limit {
-            break;
-        }
-        match o {
-            Object::Tuple(items) | Object::List(items) => pending.extend(items),
-            Object::Dict(entries) => entries.iter().for_each(|(k, v)| pending.extend([k, v])),
-            Object::Reduce { callable, args } | Object::Build { callable, args } => {
-                pending.extend([callable.as_ref(), args.as_ref()])
+/// Objects copied or inspected so far, against a budget proportional to the pickle's size.
+struct Work<'a> {
+    done: usize,
+    budget: usize,
+    what: &'a str,
+}
+
+impl Work<'_> {
+    /// Walks `object`, charging each object; fails past the budget or below `max_depth`.
+    fn walk(&mut self, object: &Object, max_depth: usize) -> Result<(), Fault> {
+        let mut pending = vec![(object, 0usize)];
+        while let Some((o, depth)) = pending.pop() {
+            if depth > max_depth {
+                return Err(Fault::Malformed(format!(
+                    "{} nests objects more than {MAX_DEPTH} deep; a state dict needs about 8",
+                    self.what
+                )));
             }
-            Object::PersistentLoad(inner) => pending.push(inner),
-            _ => {}
+            self.done += 1;
+            if self.done > self.budget {
+                return Err(Fault::Malformed(format!(
+                    "{} copies or nests its objects far more than a state dict needs",
+                    self.what
+                )));
+            }
+            let next = depth + 1;
+            match o {
+                Object::Tuple(items) | Object::List(items) => {
+                    pending.extend(items.iter().map(|i| (i, next)))
+                }
+                Object::Dict(entries) => entries
+                    .iter()
+                    .for_each(|(k, v)| pending.extend([(k, next), (v, next)])),
+                Object::Reduce { callable, args } | Object::Build { callable, args } => {
+                    pending.extend([(callable.as_ref(), next), (args.as_ref(), next)])
+                }
+                Object::PersistentLoad(inner) => pending.push((inner, next)),
+                _ => {}
+            }
         }
+        Ok(())
     }
-    seen
 }
 
 #[cfg(test)]
@@ -264,5 +307,28 @@ mod tests {
             unpickle(&pickle, "the pickle"),
             Err(Fault::Malformed(m)) if m.contains("copies")
         ));
+    }
+
+    #[test]
+    fn objects_nested_deeply_are_refused_before_they_overflow_the_stack() {
+        // `times` openings, then `inner`, then `times` closings.
+        let deep = |opening: &[u8], inner: &[u8], closing: &[u8], times: usize| {
+            let mut pickle = b"\x80\x02".to_vec();
+            pickle.extend(opening.repeat(times));
+            pickle.extend(inner);
+            pickle.extend(closing.repeat(times));
+            pickle.push(b'.');
+            unpickle(&pickle, "the pickle").err()
+        };
+        let refused =
+            |fault: Option<Fault>| matches!(fault, Some(Fault::Malformed(m)) if m.contains("deep"));
+        // None in a million one-tuples; in a million MARK ... TUPLEs; lists appended into
+        // lists.
+        assert!(refused(deep(b"", b"N", b"\x85", 1_000_000)));
+        assert!(refused(deep(b"(", b"N", b"t", 1_000_000)));
+        assert!(refused(deep(b"]", b"]", b"a", 199)));
+        // A state dict's depth is far below the limit.
+        assert!(deep(b"(", b"N", b"t", 50).is_none());
+        assert!(deep(b"]", b"]", b"a", 50).is_none());
     }
 }
