@@ -227,23 +227,35 @@ pub fn tensor(r: &TensorRef, storage: &[u8]) -> Result<Tensor, Fault> {
         if last >= available {
             return Err(out_of_range());
         }
-        let mut index = vec![0usize; r.size.len()];
-        for _ in 0..elements {
-            let at: usize = base
-                + r.offset
-                + index
-                    .iter()
-                    .zip(&r.stride)
-                    .map(|(i, s)| i * s)
-                    .sum::<usize>();
-            bytes.extend_from_slice(&storage[at * element..(at + 1) * element]);
-            // The next index, last dimension fastest (row-major, as PyTorch lays out).
-            for d in (0..index.len()).rev() {
-                index[d] += 1;
-                if index[d] < r.size[d] {
-                    break;
+        // Nearly every tensor of a state dict is contiguous: one slice.
+        let mut contiguous = true;
+        let mut expected = 1;
+        for (&size, &stride) in r.size.iter().zip(&r.stride).rev() {
+            contiguous &= size == 1 || stride == expected;
+            expected *= size;
+        }
+        if contiguous {
+            let start = (base + r.offset) * element;
+            bytes.extend_from_slice(&storage[start..start + elements * element]);
+        } else {
+            let mut index = vec![0usize; r.size.len()];
+            for _ in 0..elements {
+                let at: usize = base
+                    + r.offset
+                    + index
+                        .iter()
+                        .zip(&r.stride)
+                        .map(|(i, s)| i * s)
+                        .sum::<usize>();
+                bytes.extend_from_slice(&storage[at * element..(at + 1) * element]);
+                // The next index, last dimension fastest (row-major, as PyTorch lays out).
+                for d in (0..index.len()).rev() {
+                    index[d] += 1;
+                    if index[d] < r.size[d] {
+                        break;
+                    }
+                    index[d] = 0;
                 }
-                index[d] = 0;
             }
         }
     }
