@@ -168,6 +168,30 @@ fn truncated_and_foreign_files_are_errors_not_panics() {
 }
 
 #[test]
+fn damaged_bytes_anywhere_are_errors_or_tensors_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let path = Path::new("damaged.pth");
+    for name in ["tiny-legacy.pth", "tiny-zip.pth"] {
+        let original = std::fs::read(fixture(name)).unwrap();
+        for round in 0..3000 {
+            let mut bytes = original.clone();
+            let mut changes = Vec::new();
+            for _ in 0..rng.random_range(1..=4) {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] = rng.random();
+                changes.push((at, bytes[at]));
+            }
+            let outcome = std::panic::catch_unwind(|| checkpoint::parse(&bytes, path).is_ok());
+            assert!(
+                outcome.is_ok(),
+                "{name} round {round}: {changes:?} panicked"
+            );
+        }
+    }
+}
+
+#[test]
 fn safetensors_files_read_too() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");

@@ -65,32 +65,38 @@ pub fn detect(head: &[u8]) -> Option<Format> {
 /// Reads the state dict of the checkpoint at `path`; a file that is missing, of another
 /// kind, damaged, or naming a global a state dict never needs is bad input.
 pub fn read(path: &Path) -> Result<StateDict> {
-    let bad = |message: String| {
-        InputError::new(format!("checkpoint {}: {message}", shown(path))).with_origin(
-            Origin::File {
-                path: path.to_path_buf(),
-                position: None,
-                line_text: None,
-            },
-        )
-    };
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot be read ({e})")))?;
-    let format = detect(&bytes).ok_or_else(|| {
+    let bytes =
+        std::fs::read(path).map_err(|e| bad_checkpoint(path, format!("cannot be read ({e})")))?;
+    parse(&bytes, path)
+}
+
+fn bad_checkpoint(path: &Path, message: String) -> InputError {
+    InputError::new(format!("checkpoint {}: {message}", shown(path))).with_origin(Origin::File {
+        path: path.to_path_buf(),
+        position: None,
+        line_text: None,
+    })
+}
+
+/// Reads the state dict from the bytes of a checkpoint file; `path` names it in errors.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<StateDict> {
+    let bad = |message: String| bad_checkpoint(path, message);
+    let format = detect(bytes).ok_or_else(|| {
         bad("is not a checkpoint xferlab reads".into())
             .with_help("xferlab reads safetensors and PyTorch .pth/.pt files (zip or legacy)")
     })?;
     let tensors = match format {
         Format::Safetensors => {
             let mut tensors: Vec<(String, Tensor)> =
-                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+                candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
                     .map_err(|e| bad(format!("is not a readable safetensors file ({e})")))?
                     .into_iter()
                     .collect();
             tensors.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(tensors)
         }
-        Format::PytorchZip => zipped::read(std::io::Cursor::new(&bytes)),
-        Format::PytorchLegacy => legacy::read(&bytes),
+        Format::PytorchZip => zipped::read(std::io::Cursor::new(bytes)),
+        Format::PytorchLegacy => legacy::read(bytes),
     }
     .map_err(|fault: Fault| bad(fault.to_string()))?;
     Ok(StateDict { format, tensors })

@@ -212,7 +212,14 @@ pub fn tensor(r: &TensorRef, storage: &[u8]) -> Result<Tensor, Fault> {
             (start, length)
         }
     };
-    let elements: usize = r.size.iter().product();
+    // More elements than the storage holds would need strides of 0 (an expanded tensor),
+    // which a state dict does not save; refusing them bounds what a damaged file allocates.
+    let elements = r
+        .size
+        .iter()
+        .try_fold(1usize, |n, &size| n.checked_mul(size))
+        .filter(|&n| n <= available)
+        .ok_or_else(|| malformed(&r.name, "has more elements than its storage"))?;
     let out_of_range = || malformed(&r.name, "reaches past the end of its storage");
     let mut bytes = Vec::with_capacity(elements * element);
     if elements > 0 {
@@ -313,5 +320,8 @@ mod tests {
     fn a_view_past_its_storage_is_an_error() {
         assert!(tensor(&reference(2, vec![4, 3], vec![3, 1]), &storage()).is_err());
         assert!(tensor(&reference(0, vec![2], vec![usize::MAX]), &storage()).is_err());
+        let huge = reference(0, vec![1 << 40, 1 << 40], vec![0, 0]);
+        assert!(tensor(&huge, &storage()).is_err());
+        assert!(tensor(&reference(0, vec![13], vec![0]), &storage()).is_err());
     }
 }
