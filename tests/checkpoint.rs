@@ -117,7 +117,7 @@ fn legacy_preamble() -> Vec<u8> {
 }
 
 #[test]
-fn a_legacy_file_whose_pickle_calls_os_system_is_refused_naming_it() {
+fn a_file_whose_pickle_calls_os_system_is_refused_naming_it() {
     let mut bytes = legacy_preamble();
     // os.system("touch pwned"): GLOBAL, the argument, TUPLE1, REDUCE, STOP.
     bytes.extend_from_slice(b"\x80\x02cos\nsystem\nX\x0b\x00\x00\x00touch pwned\x85R.");
@@ -132,6 +132,9 @@ fn a_legacy_file_whose_pickle_calls_os_system_is_refused_naming_it() {
     );
     let error = read_bytes(&bytes).unwrap_err();
     assert!(error.contains("`builtins.eval`"), "{error}");
+
+    let error = checkpoint::read(&fixture("malicious-zip.pth")).unwrap_err();
+    assert!(error.to_string().contains("`os.system`"), "{error}");
 }
 
 #[test]

@@ -97,12 +97,18 @@ def state_pickle():
 
 here = Path(__file__).parent
 
+
+def put(archive, name, data):
+    """Adds an entry with a fixed date, so that running this again changes nothing."""
+    archive.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+
+
 with zipfile.ZipFile(here / "tiny-zip.pth", "w", zipfile.ZIP_STORED) as z:
-    z.writestr("tiny/data.pkl", state_pickle())
-    z.writestr("tiny/byteorder", "little")
+    put(z, "tiny/data.pkl", state_pickle())
+    put(z, "tiny/byteorder", "little")
     for key, storage in storages.items():
-        z.writestr("tiny/data/" + key, storage.raw())
-    z.writestr("tiny/version", "3\n")
+        put(z, "tiny/data/" + key, storage.raw())
+    put(z, "tiny/version", "3\n")
 
 legacy = io.BytesIO()
 pickle.dump(0x1950A86A20F9469CFC6C, legacy, protocol=2)
@@ -118,3 +124,8 @@ for key in sorted(storages):
     legacy.write(struct.pack("<q", len(storages[key].values)))
     legacy.write(storages[key].raw())
 (here / "tiny-legacy.pth").write_bytes(legacy.getvalue())
+
+# A zip checkpoint whose data.pkl calls os.system("touch pwned"): must be refused unread.
+with zipfile.ZipFile(here / "malicious-zip.pth", "w", zipfile.ZIP_STORED) as z:
+    put(z, "evil/data.pkl", b"\x80\x02cos\nsystem\nX\x0b\x00\x00\x00touch pwned\x85R.")
+    put(z, "evil/version", "3\n")
