@@ -86,12 +86,17 @@ fn efficientnet_lite0_with_imagenet_weights_names_three_real_photos() {
     let batch = Tensor::stack(&batch, 0).unwrap();
 
     // Shapes through the blocks: 112 after the stem, 7 after the last stage.
+    let started = std::time::Instant::now();
     let features = model.forward_blocks(&batch, 0..1).unwrap();
     assert_eq!(features.dims(), [3, 32, 112, 112]);
     let features = model.forward_blocks(&features, 1..9).unwrap();
     assert_eq!(features.dims(), [3, 1280, 7, 7]);
     let logits = model.head(&features).unwrap();
     assert_eq!(logits.dims(), [3, 1000]);
+    println!(
+        "forward pass of 3 images at 224x224 on the CPU: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)
         .unwrap()
         .to_vec2::<f32>()

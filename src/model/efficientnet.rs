@@ -22,6 +22,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::Linear;
 
 use super::Mismatch;
+use super::depthwise::depthwise_conv2d;
 use crate::checkpoint::StateDict;
 
 /// One MBConv stage: repeated blocks, the first with the stage's stride.
@@ -261,7 +262,9 @@ impl ConvBn {
         let (_, _, height, width) = x.dims4()?;
         let (top, bottom) = same_padding(height, self.kernel, self.stride);
         let (left, right) = same_padding(width, self.kernel, self.stride);
-        let y = if top == bottom && left == right && top == left {
+        let y = if self.groups > 1 {
+            depthwise_conv2d(x, &self.weight, (top, bottom), (left, right), self.stride)?
+        } else if top == bottom && left == right && top == left {
             x.conv2d(&self.weight, top, self.stride, 1, self.groups)?
         } else {
             x.pad_with_zeros(2, top, bottom)?
