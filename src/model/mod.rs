@@ -5,6 +5,8 @@
 //! tensors whose names start with `b1.`..`bt.`, and a checkpoint is a plain safetensors file.
 
 pub mod conv;
+pub mod depthwise;
+pub mod efficientnet;
 
 use std::collections::HashMap;
 use std::ops::Range;
