@@ -87,6 +87,41 @@ fn fashion_mnist_trains_and_its_source_model_is_a_reusable_checkpoint() {
     // Same weights, same seed, same data: the same result as transferring from the pretrain.
     assert_eq!(from_checkpoint["eval"], transfer["eval"]);
     assert_ne!(from_checkpoint["id"], transfer["id"]);
+
+    // The same file in a Hugging Face cache, as the hub libraries lay it out: `hub: ORG/NAME`.
+    let model = test.join("hf/models--someone--fm-mlp");
+    std::fs::create_dir_all(model.join("snapshots/r1")).unwrap();
+    std::fs::create_dir_all(model.join("refs")).unwrap();
+    std::fs::write(model.join("refs/main"), "r1").unwrap();
+    std::fs::copy(&checkpoint, model.join("snapshots/r1/model.safetensors")).unwrap();
+    std::fs::remove_dir_all(test.join("runs/fm")).unwrap();
+    let cache = test.join("hf").to_str().unwrap().to_string();
+    let test = test
+        .file("hub.yaml", spec("  hub: someone/fm-mlp"))
+        .env("HF_HUB_CACHE", &cache);
+    let ran = test.run(&["run", "hub.yaml", "--device", "cpu"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let from_hub = record(&test, "transfer");
+    assert!(
+        from_hub["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("models--someone--fm-mlp/snapshots/r1/model.safetensors"),
+        "{from_hub}"
+    );
+    assert_eq!(from_hub["eval"], transfer["eval"]);
+    // A name the cache lacks is refused at its line, saying where xferlab looked.
+    let absent = test.file("absent.yaml", spec("  hub: someone/absent"));
+    let ran = absent.run(&["validate", "absent.yaml"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("`someone/absent` is not in the local Hugging Face cache")
+            && ran.stderr.contains("absent.yaml:6:8")
+            && ran.stderr.contains("models--someone--absent/snapshots"),
+        "{}",
+        ran.stderr
+    );
 }
 
 /// Tensors of a checkpoint file: name, shape, dtype.

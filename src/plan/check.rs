@@ -66,10 +66,11 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
             .with_help("give exactly one of `pretrain` or `checkpoint`"));
         }
         (None, None) => {
-            return Err(
-                at("source", "`source` needs `pretrain` or `checkpoint`".into())
-                    .with_help("e.g. source: {checkpoint: model.safetensors}"),
-            );
+            return Err(at(
+                "source",
+                "`source` needs `pretrain`, `checkpoint` or `hub`".into(),
+            )
+            .with_help("e.g. source: {checkpoint: model.safetensors}"));
         }
     }
     check_train("train", &spec.train, at)?;

@@ -199,6 +199,31 @@ pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
     };
     let base = path.parent().unwrap_or(Path::new(""));
     resolve_paths(&mut spec, base);
+    if let Some(name) = spec.source.hub.clone() {
+        let at = |message: String| {
+            InputError::new(message).with_origin(origin_from(
+                figment.find_metadata("source.hub"),
+                "source.hub",
+                false,
+                &file,
+            ))
+        };
+        if spec.source.checkpoint.is_some() || spec.source.pretrain.is_some() {
+            return Err(
+                at("`source` has `hub` and `checkpoint` or `pretrain`".into())
+                    .with_help("give exactly one of `pretrain`, `checkpoint` or `hub`"),
+            );
+        }
+        let found = super::hub::resolve(&name, &super::hub::caches()).map_err(|looked| {
+            let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+            at(format!("`{name}` is not in the local Hugging Face cache"))
+                .with_help(format!(
+                    "xferlab downloads nothing; fetch it once (e.g. `hf download {name}`), or set HF_HUB_CACHE. Looked for: {}",
+                    looked.join(", ")
+                ))
+        })?;
+        spec.source.checkpoint = Some(found);
+    }
     spec.datasets
         .entry(BUILTIN_DATASET.to_string())
         .or_insert_with(super::types::builtin_dataset);

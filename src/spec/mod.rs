@@ -3,6 +3,7 @@
 //! what needs them).
 
 mod device;
+pub mod hub;
 mod layers;
 pub mod load;
 pub mod location;

@@ -268,6 +268,10 @@ pub struct SourceSpec {
     /// A safetensors file with the blocks' weights (`b1.conv.weight`, ...).
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
+    /// A model in the local Hugging Face cache, `ORG/NAME` (e.g. `timm/resnet50.a1_in1k`); its
+    /// weights file becomes `checkpoint` when the spec is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
 }
 
 /// Pretraining of the source model.
