@@ -256,6 +256,10 @@ pub enum Arch {
     Mlp,
     /// Four 3x3 conv blocks and one linear block (5 blocks).
     Cnn6,
+    /// EfficientNet-Lite0 (9 blocks: stem, 7 MBConv stages, final 1x1 conv to 1280
+    /// channels), for 3-channel images of at least 32x32; reads EfficientNet-PyTorch
+    /// checkpoints such as the ImageNet `efficientnet-lite0-57934424.pth`.
+    EfficientnetLite0,
 }
 
 /// Where the source model comes from: exactly one of `pretrain` or `checkpoint`.
