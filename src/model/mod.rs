@@ -8,6 +8,7 @@ pub mod batch_norm;
 pub mod conv;
 pub mod depthwise;
 pub mod efficientnet;
+pub mod import;
 mod parameters;
 
 use std::collections::HashMap;
@@ -128,6 +129,18 @@ pub enum Mismatch {
     /// Copying failed.
     #[error("cannot be copied: {0}")]
     Copy(#[from] candle_core::Error),
+}
+
+impl Mismatch {
+    /// The parameter named by the mismatch.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Mismatch::Missing { name, .. }
+            | Mismatch::Shape { name, .. }
+            | Mismatch::NotFloat { name, .. } => Some(name),
+            Mismatch::Copy(_) => None,
+        }
+    }
 }
 
 /// A network: blocks, then a linear head (after global average pooling for convolutional

@@ -269,7 +269,9 @@ pub struct SourceSpec {
     /// Train the source model here, once, and reuse it from the run store.
     #[serde(default)]
     pub pretrain: Option<PretrainSpec>,
-    /// A safetensors file with the blocks' weights (`b1.conv.weight`, ...).
+    /// A checkpoint with the blocks' weights: safetensors or PyTorch `.pth`/`.pt` (zip or
+    /// legacy), in xferlab's names (`b1.conv.weight`, ...) or EfficientNet-PyTorch's
+    /// (`_conv_stem.weight`, ...; `efficientnet_lite0` only). Relative to the spec's folder.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
 }

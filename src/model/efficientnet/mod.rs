@@ -135,6 +135,22 @@ pub fn xferlab_name(checkpoint: &str) -> Option<String> {
     Some(format!("{to}{}", &checkpoint[from.len()..]))
 }
 
+/// The EfficientNet-PyTorch name of an xferlab parameter (the inverse of [`xferlab_name`]),
+/// for errors about a tensor the checkpoint lacks.
+pub fn checkpoint_name(xferlab: &str) -> Option<String> {
+    if let Some((to, from)) =
+        (RENAMES[..5].iter().map(|(f, t)| (t, f))).find(|(to, _)| xferlab.starts_with(*to))
+    {
+        return Some(format!("{from}{}", &xferlab[to.len()..]));
+    }
+    let (block, rest) = xferlab.split_once('.')?;
+    let stage = STAGES.iter().find(|s| s.block == block)?;
+    let (within, rest) = rest.split_once('.')?;
+    let index = stage.checkpoint_blocks.start + within.parse::<usize>().ok()?;
+    let (from, to) = RENAMES[5..].iter().find(|(_, to)| rest.starts_with(to))?;
+    Some(format!("_blocks.{index}.{from}{}", &rest[to.len()..]))
+}
+
 /// A checkpoint's tensors under xferlab's names, and the checkpoint names left out.
 #[derive(Debug)]
 pub struct Imported {
@@ -247,6 +263,9 @@ mod tests {
         ];
         for (from, to) in cases {
             assert_eq!(xferlab_name(from).as_deref(), to, "{from}");
+            if let Some(to) = to {
+                assert_eq!(checkpoint_name(to).as_deref(), Some(from), "{to}");
+            }
         }
     }
 
