@@ -2,6 +2,7 @@
 //! of the crate: it knows nothing of data, models, devices or trackers (the planner checks
 //! what needs them).
 
+mod datasets;
 mod device;
 mod layers;
 pub mod load;
@@ -9,6 +10,7 @@ pub mod location;
 pub mod suggest;
 mod types;
 
+pub use datasets::*;
 pub use device::{CHOICES, DeviceChoice};
 pub use load::{LoadedSpec, MLFLOW_URI_VARIABLE, command_line_variables, load};
 pub use types::*;
