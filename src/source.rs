@@ -177,11 +177,15 @@ fn describe(path: &Path, mapped: &Mapped) -> String {
         mapped.layout.name(),
         mapped.tensors.len()
     );
+    let mut parts = Vec::new();
     if !dropped.is_empty() {
-        said += &format!(", dropped the old classifier ({})", dropped.join(", "));
+        parts.push(format!("the old classifier ({})", dropped.join(", ")));
     }
     if counters > 0 {
-        said += &format!(" and {counters} BatchNorm num_batches_tracked counters");
+        parts.push(format!("{counters} BatchNorm num_batches_tracked counters"));
+    }
+    if !parts.is_empty() {
+        said += &format!(", dropped {}", parts.join(" and "));
     }
     said
 }
