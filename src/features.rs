@@ -157,6 +157,12 @@ impl FeatureCache {
                 let out = net.forward_blocks(&x, 0..key.depth, Mode::Infer)?.detach();
                 parts.push(out.narrow(0, 0, chunk.len())?);
             }
+            tracing::debug!(
+                source = %key.source,
+                depth = key.depth,
+                images = missing.len(),
+                "feature cache filled: frozen blocks ran once on these images"
+            );
             let tensor = Tensor::cat(&parts, 0)?;
             for image in missing {
                 let row = entry.rows.len() as u32;

@@ -1,5 +1,6 @@
 //! The source model: pretrained once and kept in the run store under a content hash of
-//! everything it depends on, or read from a safetensors checkpoint.
+//! everything it depends on, or read from a checkpoint (safetensors or PyTorch, in xferlab's
+//! names or EfficientNet-PyTorch's: `crate::model::import`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::data::Catalog;
 use crate::error::{Error, InputError, Origin, Result, shown};
 use crate::model::Network;
+use crate::model::import::{self, Mapped};
 use crate::plan::{TrialConfig, derive_seed, hex};
-use crate::spec::{DatasetSpec, ModelSpec, PretrainSpec};
+use crate::spec::{Arch, DatasetSpec, ModelSpec, PretrainSpec};
 use crate::store::{lock, remove_stale_temps, save_atomic, write_atomic};
 use crate::train::{self, Fit};
 
@@ -90,7 +92,11 @@ impl Sources {
             (Some(pretrain), _) => {
                 self.pretrained(&key["pretrain:".len()..], config, pretrain, catalog, say)?
             }
-            (None, Some(path)) => read_checkpoint(path)?,
+            (None, Some(path)) => {
+                let mapped = read_checkpoint(path, config.model.arch)?;
+                say(&describe(path, &mapped));
+                mapped.tensors
+            }
             (None, None) => unreachable!("validation requires a source"),
         };
         let model = Arc::new(SourceModel {
@@ -154,19 +160,59 @@ impl Sources {
     }
 }
 
-/// Reads a safetensors checkpoint; a file that is not one is bad input.
-pub fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let origin = Origin::File {
-        path: path.to_path_buf(),
-        position: None,
-        line_text: None,
-    };
+/// What was read from a checkpoint: its layout, how many tensors were mapped, which were
+/// dropped.
+fn describe(path: &Path, mapped: &Mapped) -> String {
+    let counters = (mapped.dropped.iter())
+        .filter(|n| n.ends_with(".num_batches_tracked"))
+        .count();
+    let mut dropped: Vec<&str> = (mapped.dropped.iter())
+        .filter(|n| !n.ends_with(".num_batches_tracked"))
+        .map(String::as_str)
+        .collect();
+    dropped.sort();
+    let mut said = format!(
+        "checkpoint {} ({} layout): {} tensors mapped",
+        shown(path),
+        mapped.layout.name(),
+        mapped.tensors.len()
+    );
+    let mut parts = Vec::new();
+    if !dropped.is_empty() {
+        parts.push(format!("the old classifier ({})", dropped.join(", ")));
+    }
+    if counters > 0 {
+        parts.push(format!("{counters} BatchNorm num_batches_tracked counters"));
+    }
+    if !parts.is_empty() {
+        said += &format!(", dropped {}", parts.join(" and "));
+    }
+    said
+}
+
+/// Reads a checkpoint (safetensors or PyTorch) and maps its tensors to `arch`'s parameter
+/// names; a file that is not one, or that belongs to another architecture, is bad input.
+pub fn read_checkpoint(path: &Path, arch: Arch) -> Result<Mapped> {
     if !path.is_file() {
         return Err(InputError::new(format!("checkpoint {} does not exist", shown(path))).into());
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        InputError::new(format!("{} is not a safetensors file ({e})", shown(path)))
-            .with_origin(origin)
+    let state = crate::checkpoint::read(path)?;
+    import::map(&state, arch).map_err(|e| {
+        let help = match e {
+            import::ImportError::WrongArch { .. } => {
+                "EfficientNet-PyTorch checkpoints feed `model: {arch: efficientnet_lite0}`"
+            }
+            import::ImportError::Unplaced { .. } => {
+                "is it a checkpoint of another architecture or width?"
+            }
+        };
+        InputError::new(format!("checkpoint {} {e}", shown(path)))
+            .with_help(help)
+            .with_origin(Origin::File {
+                path: path.to_path_buf(),
+                position: None,
+                line_text: None,
+            })
             .into()
     })
 }
@@ -177,12 +223,17 @@ pub fn check_checkpoint(config: &TrialConfig, catalog: &Catalog) -> Result<()> {
     let Some(path) = config.source.as_ref().and_then(|s| s.checkpoint.as_ref()) else {
         return Ok(());
     };
-    let tensors = read_checkpoint(path)?;
+    let mapped = read_checkpoint(path, config.model.arch)?;
     let shape = catalog.shape(&config.target.train.dataset)?;
     let net = Network::new(&config.model, shape, 1, 0, &Device::Cpu)?;
-    net.transfer_from(&tensors, config.transfer_depth)
-        .map_err(|message| {
-            InputError::new(format!("checkpoint {} {message}", shown(path)))
+    net.transfer_from(&mapped.tensors, config.transfer_depth)
+        .map_err(|mismatch| {
+            let theirs = mismatch
+                .name()
+                .and_then(|name| mapped.checkpoint_name(name))
+                .map(|name| format!(" (`{name}` in {} layout)", mapped.layout.name()))
+                .unwrap_or_default();
+            InputError::new(format!("checkpoint {} {mismatch}{theirs}", shown(path)))
                 .with_origin(Origin::File {
                     path: path.clone(),
                     position: None,

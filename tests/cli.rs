@@ -33,6 +33,7 @@ fn shipped_experiments_validate() {
     for spec in [
         "experiments/quickstart.yaml",
         "experiments/fmnist-a-to-b.yaml",
+        "experiments/imagenet-to-fashion.yaml",
         "benches/cpu.yaml",
         "benches/small-a-to-b.yaml",
     ] {

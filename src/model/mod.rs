@@ -4,21 +4,24 @@
 //! leaving their variables out of the optimizer, transferring blocks 1..t is copying the
 //! tensors whose names start with `b1.`..`bt.`, and a checkpoint is a plain safetensors file.
 
+pub mod batch_norm;
 pub mod conv;
 pub mod depthwise;
 pub mod efficientnet;
+pub mod import;
+mod parameters;
 
 use std::collections::HashMap;
 use std::ops::Range;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::data::ImageShape;
 use crate::spec::{Arch, ModelSpec};
+use batch_norm::is_running_statistic;
 use conv::Conv3x3;
+use parameters::Parameters;
 
 /// Name of block `i` (from 1).
 pub fn block_name(i: usize) -> String {
@@ -30,6 +33,7 @@ pub fn block_count(model: &ModelSpec) -> usize {
     match model.arch {
         Arch::Mlp => model.hidden.as_ref().map_or(0, Vec::len),
         Arch::Cnn6 => CNN6_BLOCKS,
+        Arch::EfficientnetLite0 => efficientnet::BLOCKS,
     }
 }
 
@@ -57,6 +61,28 @@ impl Layer {
             Layer::Relu => x.relu(),
             Layer::MaxPool2 => x.max_pool2d(2),
             Layer::Flatten => x.flatten_from(1),
+        }
+    }
+}
+
+/// One block: a few simple layers (mlp, cnn6), or an EfficientNet block.
+enum Block {
+    Layers(Vec<Layer>),
+    EfficientNet(efficientnet::Block),
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        match self {
+            Block::Layers(layers) => {
+                // mlp's and cnn6's layers behave alike in both modes.
+                let mut x = x.clone();
+                for layer in layers {
+                    x = layer.forward(&x)?;
+                }
+                Ok(x)
+            }
+            Block::EfficientNet(block) => block.forward(x, mode),
         }
     }
 }
@@ -105,54 +131,25 @@ pub enum Mismatch {
     Copy(#[from] candle_core::Error),
 }
 
-/// A network: blocks, then a linear head. Owns its parameters in a [`VarMap`].
+impl Mismatch {
+    /// The parameter named by the mismatch.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Mismatch::Missing { name, .. }
+            | Mismatch::Shape { name, .. }
+            | Mismatch::NotFloat { name, .. } => Some(name),
+            Mismatch::Copy(_) => None,
+        }
+    }
+}
+
+/// A network: blocks, then a linear head (after global average pooling for convolutional
+/// features that keep their spatial size). Owns its parameters in a [`VarMap`].
 pub struct Network {
-    blocks: Vec<Vec<Layer>>,
+    blocks: Vec<Block>,
     head: Linear,
+    pool: bool,
     varmap: VarMap,
-}
-
-/// Creates parameters with PyTorch's default initialisation (uniform in ±1/sqrt(fan_in)),
-/// from a seeded generator: candle's CPU random numbers cannot be seeded.
-struct Parameters<'a> {
-    varmap: VarMap,
-    rng: ChaCha8Rng,
-    device: &'a Device,
-}
-
-impl Parameters<'_> {
-    fn tensor(
-        &mut self,
-        name: String,
-        shape: &[usize],
-        fan_in: usize,
-    ) -> candle_core::Result<Tensor> {
-        let bound = 1.0 / (fan_in as f32).sqrt();
-        let values: Vec<f32> = (0..shape.iter().product())
-            .map(|_| self.rng.random_range(-bound..bound))
-            .collect();
-        let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
-        let tensor = var.as_tensor().clone();
-        self.varmap
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .insert(name, var);
-        Ok(tensor)
-    }
-
-    fn conv3x3(&mut self, name: &str, input: usize, output: usize) -> candle_core::Result<Layer> {
-        let fan_in = input * 9;
-        let weight = self.tensor(format!("{name}.weight"), &[output, input, 3, 3], fan_in)?;
-        let bias = self.tensor(format!("{name}.bias"), &[output], fan_in)?;
-        Ok(Layer::Conv(Conv3x3::new(weight, bias, self.device)?))
-    }
-
-    fn linear(&mut self, name: &str, input: usize, output: usize) -> candle_core::Result<Linear> {
-        let weight = self.tensor(format!("{name}.weight"), &[output, input], input)?;
-        let bias = self.tensor(format!("{name}.bias"), &[output], input)?;
-        Ok(Linear::new(weight, Some(bias)))
-    }
 }
 
 impl Network {
@@ -164,12 +161,9 @@ impl Network {
         seed: u64,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let mut p = Parameters {
-            varmap: VarMap::new(),
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            device,
-        };
+        let mut p = Parameters::new(seed, device);
         let mut blocks = Vec::new();
+        let mut pool = false;
         let features = match model.arch {
             Arch::Mlp => {
                 let mut width = input.values();
@@ -180,39 +174,42 @@ impl Network {
                     if i == 0 {
                         layers.insert(0, Layer::Flatten);
                     }
-                    blocks.push(layers);
+                    blocks.push(Block::Layers(layers));
                     width = hidden;
                 }
                 width
             }
             Arch::Cnn6 => {
                 let c = input.channels;
-                blocks.push(vec![p.conv3x3("b1.conv", c, 32)?, Layer::Relu]);
-                blocks.push(vec![
-                    p.conv3x3("b2.conv", 32, 32)?,
-                    Layer::Relu,
-                    Layer::MaxPool2,
-                ]);
-                blocks.push(vec![p.conv3x3("b3.conv", 32, 64)?, Layer::Relu]);
-                blocks.push(vec![
-                    p.conv3x3("b4.conv", 64, 64)?,
-                    Layer::Relu,
-                    Layer::MaxPool2,
-                ]);
+                let mut conv = |name, i, o| p.conv3x3(name, i, o).map(Layer::Conv);
+                let layers = [
+                    vec![conv("b1.conv", c, 32)?, Layer::Relu],
+                    vec![conv("b2.conv", 32, 32)?, Layer::Relu, Layer::MaxPool2],
+                    vec![conv("b3.conv", 32, 64)?, Layer::Relu],
+                    vec![conv("b4.conv", 64, 64)?, Layer::Relu, Layer::MaxPool2],
+                ];
+                blocks.extend(layers.into_iter().map(Block::Layers));
                 let flat = 64 * (input.height / 4) * (input.width / 4);
-                blocks.push(vec![
+                blocks.push(Block::Layers(vec![
                     Layer::Flatten,
                     Layer::Linear(p.linear("b5.linear", flat, 256)?),
                     Layer::Relu,
-                ]);
+                ]));
                 debug_assert_eq!(blocks.len(), CNN6_BLOCKS);
                 256
+            }
+            Arch::EfficientnetLite0 => {
+                let built = efficientnet::blocks::build(&mut p, input.channels)?;
+                blocks.extend(built.into_iter().map(Block::EfficientNet));
+                pool = true;
+                efficientnet::FEATURES
             }
         };
         let head = p.linear("head", features, classes)?;
         Ok(Network {
             blocks,
             head,
+            pool,
             varmap: p.varmap,
         })
     }
@@ -222,26 +219,27 @@ impl Network {
         self.blocks.len()
     }
 
-    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f) in `mode` (mlp and cnn6 have no
-    /// layer that tells the modes apart).
+    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f) in `mode`.
     pub fn forward_blocks(
         &self,
         x: &Tensor,
         range: Range<usize>,
-        _mode: Mode,
+        mode: Mode,
     ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for block in &self.blocks[range] {
-            for layer in block {
-                x = layer.forward(&x)?;
-            }
+            x = block.forward(&x, mode)?;
         }
         Ok(x)
     }
 
     /// Runs the head on the last block's output.
     pub fn head(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.head.forward(x)
+        if self.pool {
+            self.head.forward(&x.mean((2, 3))?)
+        } else {
+            self.head.forward(x)
+        }
     }
 
     /// Logits for a batch of images, in inference mode.
@@ -249,35 +247,47 @@ impl Network {
         self.head(&self.forward_blocks(x, 0..self.blocks.len(), Mode::Infer)?)
     }
 
-    /// The variables the optimizer updates when blocks 1..`freeze_depth` are frozen.
+    /// The variables the optimizer updates when blocks 1..`freeze_depth` are frozen: never
+    /// BatchNorm's running statistics, which training mode updates itself.
     pub fn trainable_vars(&self, freeze_depth: usize) -> Vec<Var> {
         let data = self.varmap.data().lock().expect("varmap lock");
         let mut vars: Vec<(&String, &Var)> = data
             .iter()
+            .filter(|(name, _)| !is_running_statistic(name))
             .filter(|(name, _)| block_of(name).is_none_or(|b| b > freeze_depth))
             .collect();
         vars.sort_by(|a, b| a.0.cmp(b.0));
         vars.into_iter().map(|(_, var)| var.clone()).collect()
     }
 
-    /// Copies blocks 1..=`depth` from `source` (tensors by name); names the first tensor that
-    /// is missing or does not fit.
+    /// Copies blocks 1..=`depth` from `source` (tensors by name, BatchNorm's running
+    /// statistics included); names the first tensor that is missing or does not fit.
     pub fn transfer_from(
         &self,
         source: &HashMap<String, Tensor>,
         depth: usize,
     ) -> Result<(), Mismatch> {
+        self.copy_from(source, |name| block_of(name).is_some_and(|b| b <= depth))
+    }
+
+    /// Copies every parameter, the head's too, from `source`.
+    pub fn load_all(&self, source: &HashMap<String, Tensor>) -> Result<(), Mismatch> {
+        self.copy_from(source, |_| true)
+    }
+
+    fn copy_from(
+        &self,
+        source: &HashMap<String, Tensor>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(), Mismatch> {
         let data = self.varmap.data().lock().expect("varmap lock");
-        let mut names: Vec<&String> = data
-            .keys()
-            .filter(|n| block_of(n).is_some_and(|b| b <= depth))
-            .collect();
+        let mut names: Vec<&String> = data.keys().filter(|n| wanted(n)).collect();
         names.sort();
         for name in names {
             let var = &data[name];
             let tensor = source.get(name).ok_or_else(|| Mismatch::Missing {
                 name: name.clone(),
-                block: block_of(name).unwrap_or(0),
+                block: block_of(name).unwrap_or(self.blocks.len() + 1),
             })?;
             if tensor.dims() != var.dims() {
                 return Err(Mismatch::Shape {

@@ -4,10 +4,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::data::{Catalog, ImageShape};
+use crate::data::Catalog;
 use crate::error::InputError;
 use crate::model;
 use crate::spec::*;
+
+use super::check_model::{check_images, check_model};
 
 /// Makes a located error for the value at a key path.
 pub type Locate<'a> = &'a dyn Fn(&str, String) -> InputError;
@@ -95,37 +97,7 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         .with_help("give target.eval the same classes as target.train, in the same order"));
     }
 
-    let mut shapes: Vec<(&str, ImageShape)> = Vec::new();
-    for (path, selection) in &selections {
-        shapes.push((path, catalog.shape(&selection.dataset)?));
-    }
-    if let Some((path, shape)) = shapes.iter().find(|(_, s)| *s != shapes[0].1) {
-        return Err(at(
-            &format!("{path}.dataset"),
-            format!(
-                "images of {}x{}x{} here, but {}x{}x{} in `{}`: one model cannot take both",
-                shape.channels,
-                shape.height,
-                shape.width,
-                shapes[0].1.channels,
-                shapes[0].1.height,
-                shapes[0].1.width,
-                shapes[0].0
-            ),
-        ));
-    }
-    let shape = shapes[0].1;
-    if spec.model.arch == Arch::Cnn6
-        && (!shape.height.is_multiple_of(4) || !shape.width.is_multiple_of(4))
-    {
-        return Err(at(
-            "model.arch",
-            format!(
-                "cnn6 pools twice, so image sides must be multiples of 4, not {}x{}",
-                shape.height, shape.width
-            ),
-        ));
-    }
+    check_images(&spec.model, &selections, catalog, at)?;
 
     if spec.strategies.is_empty() {
         return Err(
@@ -328,29 +300,6 @@ fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), In
         }
     }
     Ok(())
-}
-
-fn check_model(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
-    match (model.arch, &model.hidden) {
-        (Arch::Mlp, None) => Err(at(
-            "model",
-            "an mlp needs `hidden`, its layer widths (one block each)".into(),
-        )
-        .with_help("e.g. model: {arch: mlp, hidden: [128, 128, 64]}")),
-        (Arch::Mlp, Some(hidden))
-            if hidden.is_empty() || hidden.contains(&0) || hidden.iter().any(|&h| h > 65_536) =>
-        {
-            Err(at(
-                "model.hidden",
-                format!("hidden {hidden:?}: give at least one width, each from 1 to 65536"),
-            ))
-        }
-        (Arch::Cnn6, Some(_)) => Err(at(
-            "model.hidden",
-            "`hidden` applies only to `mlp`; cnn6's layers are fixed".into(),
-        )),
-        _ => Ok(()),
-    }
 }
 
 fn check_train(path: &str, train: &TrainSpec, at: Locate) -> Result<(), InputError> {

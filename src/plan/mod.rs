@@ -8,6 +8,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 mod check;
+mod check_model;
 
 use crate::data::Catalog;
 use crate::error::InputError;

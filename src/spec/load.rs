@@ -13,11 +13,12 @@ use figment::error::Kind;
 use figment::providers::{Format, Yaml};
 use figment::{Figment, Metadata};
 
+use super::datasets::BUILTIN_DATASET;
 use super::layers::{
     ENV_NAME, MLFLOW_ENV_NAME, MlflowEnv, OVERRIDE_NAME, Overrides, setting_variable,
 };
 use super::location::PositionMap;
-use super::types::{BUILTIN_DATASET, Spec};
+use super::types::Spec;
 use crate::error::{InputError, Origin, Position};
 
 /// Prefix of environment variables that override spec keys (`XFERLAB_TRAIN__LR=0.01`).
@@ -226,7 +227,7 @@ pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
     }
     spec.datasets
         .entry(BUILTIN_DATASET.to_string())
-        .or_insert_with(super::types::builtin_dataset);
+        .or_insert_with(super::datasets::builtin_dataset);
     Ok(LoadedSpec {
         spec,
         file,

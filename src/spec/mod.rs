@@ -2,6 +2,7 @@
 //! of the crate: it knows nothing of data, models, devices or trackers (the planner checks
 //! what needs them).
 
+mod datasets;
 mod device;
 pub mod hub;
 mod layers;
@@ -10,6 +11,7 @@ pub mod location;
 pub mod suggest;
 mod types;
 
+pub use datasets::*;
 pub use device::{CHOICES, DeviceChoice};
 pub use load::{LoadedSpec, MLFLOW_URI_VARIABLE, command_line_variables, load};
 pub use types::*;

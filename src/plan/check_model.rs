@@ -1,0 +1,109 @@
+//! Checks that a model spec is complete and that an architecture can take the images it is
+//! given: each architecture's own rules, in one place.
+
+use crate::data::{Catalog, ImageShape};
+use crate::error::InputError;
+use crate::spec::{Arch, DataSelection, ModelSpec};
+
+use super::check::Locate;
+
+/// EfficientNet halves its input five times (an output stride of 32): smaller images reach
+/// the last stages as a single pixel made mostly of padding, and ImageNet features mean
+/// little there. 32 is the smallest side at which every stage still sees real pixels.
+pub const EFFICIENTNET_MIN_SIDE: usize = 32;
+
+/// Checks the `model` section on its own.
+pub fn check_model(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
+    match (model.arch, &model.hidden) {
+        (Arch::Mlp, None) => Err(at(
+            "model",
+            "an mlp needs `hidden`, its layer widths (one block each)".into(),
+        )
+        .with_help("e.g. model: {arch: mlp, hidden: [128, 128, 64]}")),
+        (Arch::Mlp, Some(hidden))
+            if hidden.is_empty() || hidden.contains(&0) || hidden.iter().any(|&h| h > 65_536) =>
+        {
+            Err(at(
+                "model.hidden",
+                format!("hidden {hidden:?}: give at least one width, each from 1 to 65536"),
+            ))
+        }
+        (Arch::Cnn6, Some(_)) => Err(at(
+            "model.hidden",
+            "`hidden` applies only to `mlp`; cnn6's layers are fixed".into(),
+        )),
+        (Arch::EfficientnetLite0, Some(_)) => Err(at(
+            "model.hidden",
+            "`hidden` applies only to `mlp`; efficientnet_lite0's layers are fixed".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that every data selection (with its key path) has images of one shape, and that
+/// the model takes them.
+pub fn check_images(
+    model: &ModelSpec,
+    selections: &[(&str, &DataSelection)],
+    catalog: &Catalog,
+    at: Locate,
+) -> Result<(), InputError> {
+    let mut shapes: Vec<(&str, ImageShape)> = Vec::new();
+    for (path, selection) in selections {
+        shapes.push((path, catalog.shape(&selection.dataset)?));
+    }
+    if let Some((path, shape)) = shapes.iter().find(|(_, s)| *s != shapes[0].1) {
+        return Err(at(
+            &format!("{path}.dataset"),
+            format!(
+                "images of {}x{}x{} here, but {}x{}x{} in `{}`: one model cannot take both",
+                shape.channels,
+                shape.height,
+                shape.width,
+                shapes[0].1.channels,
+                shapes[0].1.height,
+                shapes[0].1.width,
+                shapes[0].0
+            ),
+        ));
+    }
+    check_input(model, shapes[0].1, at)
+}
+
+/// Checks that the model takes images of `shape`.
+fn check_input(model: &ModelSpec, shape: ImageShape, at: Locate) -> Result<(), InputError> {
+    let (height, width) = (shape.height, shape.width);
+    match model.arch {
+        Arch::Mlp => Ok(()),
+        Arch::Cnn6 if !height.is_multiple_of(4) || !width.is_multiple_of(4) => Err(at(
+            "model.arch",
+            format!(
+                "cnn6 pools twice, so image sides must be multiples of 4, not {height}x{width}"
+            ),
+        )),
+        Arch::Cnn6 => Ok(()),
+        Arch::EfficientnetLite0 if shape.channels != 3 => Err(at(
+            "model.arch",
+            format!(
+                "efficientnet_lite0 takes RGB images (3 channels), but the data has {}",
+                shape.channels
+            ),
+        )
+        .with_help("give the datasets `channels: 3` (grey images are repeated into RGB)")),
+        Arch::EfficientnetLite0
+            if height < EFFICIENTNET_MIN_SIDE || width < EFFICIENTNET_MIN_SIDE =>
+        {
+            Err(at(
+                "model.arch",
+                format!(
+                    "efficientnet_lite0 halves images five times, so they need sides of at \
+                     least {EFFICIENTNET_MIN_SIDE}, not {height}x{width}"
+                ),
+            )
+            .with_help(
+                "give the datasets e.g. `image_size: 64` (ImageNet's weights are trained at 224)",
+            ))
+        }
+        Arch::EfficientnetLite0 => Ok(()),
+    }
+}
