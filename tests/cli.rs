@@ -245,3 +245,27 @@ fn validate_refuses_a_name_too_long_for_a_folder() {
         ran.stderr
     );
 }
+
+/// `xferlab models` lists every architecture's blocks; EfficientNet-Lite0's parameters add up
+/// to the published 4,652,008 once the 1000-class ImageNet classifier (1280 x 1000 + 1000) is
+/// counted back in.
+#[test]
+fn models_lists_the_blocks_with_published_parameter_counts() {
+    let ran = Test::new().run(&["models"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    insta::assert_snapshot!(ran.stdout);
+    let efficientnet = ran.stdout.split("efficientnet_lite0").nth(1).unwrap();
+    let backbone: usize = efficientnet
+        .lines()
+        .filter(|l| l.starts_with('b') && l[1..2].parse::<u8>().is_ok())
+        .map(|l| {
+            l.split_whitespace()
+                .rev()
+                .nth(1)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(backbone + 1280 * 1000 + 1000, 4_652_008);
+}

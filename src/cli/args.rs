@@ -110,6 +110,12 @@ pub enum Command {
         #[arg(long, default_value = "runs", env = env::STORE)]
         store: PathBuf,
     },
+    /// List the architectures: their blocks, what is inside each, parameters and output shapes.
+    ///
+    /// Blocks are the units of transfer_depth and freeze_depth; the head (new in every trial)
+    /// is not one. Shapes are for the input shown (28x28 grey, or 224x224 RGB for
+    /// EfficientNet); parameters are trainable ones.
+    Models,
     /// Print the JSON Schema of experiment specs.
     Schema,
 }

@@ -2,6 +2,7 @@
 //! and maps errors to exit codes.
 
 mod args;
+mod models;
 mod progress;
 
 use std::process::ExitCode;
@@ -150,6 +151,15 @@ fn execute(command: Command) -> Result<u8, Error> {
                 true => exit::SUCCESS,
                 false => exit::FAILED,
             })
+        }
+        Command::Models => {
+            for (model, input) in xferlab::model::summary::examples() {
+                print!(
+                    "{}",
+                    models::table(&xferlab::model::summary::summary(&model, input)?)
+                );
+            }
+            Ok(exit::SUCCESS)
         }
         Command::Schema => {
             print!("{}", spec::json_schema());

@@ -10,6 +10,7 @@ pub mod depthwise;
 pub mod efficientnet;
 pub mod import;
 mod parameters;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::ops::Range;

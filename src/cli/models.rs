@@ -1,0 +1,49 @@
+//! `xferlab models`: each architecture's blocks as a table for people.
+
+/// One architecture's blocks as a table, with its name, input and layouts around it.
+pub fn table(summary: &xferlab::model::summary::Summary) -> String {
+    let shape = |dims: &[usize]| {
+        dims.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("x")
+    };
+    let input = &summary.input;
+    let hidden =
+        (summary.model.hidden.as_ref()).map_or(String::new(), |h| format!(", hidden {h:?}"));
+    let header = ["block", "inside", "parameters", "output"].map(String::from);
+    let mut lines: Vec<Vec<String>> = (summary.blocks.iter())
+        .map(|b| {
+            vec![
+                b.name.clone(),
+                b.inside.clone(),
+                b.parameters.to_string(),
+                shape(&b.output),
+            ]
+        })
+        .collect();
+    lines.push(vec![
+        "head".into(),
+        format!(
+            "{}linear {}->classes, new in every trial",
+            if summary.model.arch == xferlab::spec::Arch::EfficientnetLite0 {
+                "global average pool, "
+            } else {
+                ""
+            },
+            summary.features
+        ),
+        "-".into(),
+        "classes".into(),
+    ]);
+    format!(
+        "{}{hidden} (input {}x{}x{}): {} blocks\n{}checkpoints: {}\n\n",
+        xferlab::model::import::arch_name(summary.model.arch),
+        input.channels,
+        input.height,
+        input.width,
+        summary.blocks.len(),
+        xferlab::table::render(&header, &lines, |c| c == 2, xferlab::table::Layout::Ruled),
+        summary.layouts
+    )
+}

@@ -1,0 +1,160 @@
+//! What `xferlab models` shows: each architecture cut into its blocks, what is inside each,
+//! its trainable parameters and the shape it hands on for a given input, and the checkpoint
+//! layouts it reads. Counted and measured on a real network (built on the CPU, one zero
+//! image through each block), so the table cannot drift from the code.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::batch_norm::is_running_statistic;
+use super::{Mode, Network, block_count, block_of, efficientnet};
+use crate::data::ImageShape;
+use crate::spec::{Arch, ModelSpec};
+
+/// One block as `xferlab models` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockSummary {
+    /// `b1`, `b2`, ...
+    pub name: String,
+    /// Its layers, in words.
+    pub inside: String,
+    /// Trainable parameters (BatchNorm's running statistics not counted).
+    pub parameters: usize,
+    /// The shape of its output for one image, e.g. `[32, 112, 112]`.
+    pub output: Vec<usize>,
+}
+
+/// An architecture as `xferlab models` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The model, as a spec names it.
+    pub model: ModelSpec,
+    /// The input the shapes are for.
+    pub input: ImageShape,
+    /// Its blocks.
+    pub blocks: Vec<BlockSummary>,
+    /// Width of the features the new head reads.
+    pub features: usize,
+    /// The checkpoint layouts it reads.
+    pub layouts: &'static str,
+}
+
+/// Every architecture, with an example configuration and input.
+pub fn examples() -> Vec<(ModelSpec, ImageShape)> {
+    let grey = ImageShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+    let rgb = ImageShape {
+        channels: 3,
+        height: 224,
+        width: 224,
+    };
+    vec![
+        (
+            ModelSpec {
+                arch: Arch::Mlp,
+                hidden: Some(vec![128, 64]),
+            },
+            grey,
+        ),
+        (
+            ModelSpec {
+                arch: Arch::Cnn6,
+                hidden: None,
+            },
+            grey,
+        ),
+        (
+            ModelSpec {
+                arch: Arch::EfficientnetLite0,
+                hidden: None,
+            },
+            rgb,
+        ),
+    ]
+}
+
+/// Builds `model` for `input` and measures each block.
+pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summary> {
+    let net = Network::new(model, input, 2, 0, &Device::Cpu)?;
+    let tensors = net.tensors();
+    let mut x = Tensor::zeros(
+        (1, input.channels, input.height, input.width),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let inside = insides(model, input);
+    let mut blocks = Vec::new();
+    for i in 0..block_count(model) {
+        x = net.forward_blocks(&x, i..i + 1, Mode::Infer)?;
+        let parameters = (tensors.iter())
+            .filter(|(name, _)| block_of(name) == Some(i + 1) && !is_running_statistic(name))
+            .map(|(_, t)| t.elem_count())
+            .sum();
+        blocks.push(BlockSummary {
+            name: super::block_name(i + 1),
+            inside: inside[i].clone(),
+            parameters,
+            output: x.dims()[1..].to_vec(),
+        });
+    }
+    let features = tensors["head.weight"].dims()[1];
+    let layouts = match model.arch {
+        Arch::EfficientnetLite0 => {
+            "xferlab's (b1.conv.weight, ...) and EfficientNet-PyTorch's (_conv_stem.weight, _blocks.N..., as published with the ImageNet weights)"
+        }
+        Arch::Mlp | Arch::Cnn6 => "xferlab's (b1.linear.weight, b1.conv.weight, ...)",
+    };
+    Ok(Summary {
+        model: model.clone(),
+        input,
+        blocks,
+        features,
+        layouts,
+    })
+}
+
+/// Each block's layers in words.
+fn insides(model: &ModelSpec, input: ImageShape) -> Vec<String> {
+    match model.arch {
+        Arch::Mlp => {
+            let mut width = input.values();
+            let hidden = model.hidden.clone().unwrap_or_default();
+            (hidden.iter().enumerate())
+                .map(|(i, &h)| {
+                    let flatten = if i == 0 { "flatten, " } else { "" };
+                    let text = format!("{flatten}linear {width}->{h}, relu");
+                    width = h;
+                    text
+                })
+                .collect()
+        }
+        Arch::Cnn6 => vec![
+            format!("conv3x3 {}->32, relu", input.channels),
+            "conv3x3 32->32, relu, maxpool 2".into(),
+            "conv3x3 32->64, relu".into(),
+            "conv3x3 64->64, relu, maxpool 2".into(),
+            "flatten, linear ->256, relu".into(),
+        ],
+        Arch::EfficientnetLite0 => {
+            let mut all = vec![format!(
+                "conv3x3 stride 2 {}->32, batchnorm, relu6",
+                input.channels
+            )];
+            all.extend(efficientnet::STAGES.iter().map(|s| {
+                format!(
+                    "{} MBConv (expand {}, {k}x{k} depthwise, stride {}) {}->{}",
+                    s.checkpoint_blocks.len(),
+                    s.expand,
+                    s.stride,
+                    s.input,
+                    s.output,
+                    k = s.kernel
+                )
+            }));
+            all.push("conv1x1 320->1280, batchnorm, relu6".into());
+            all
+        }
+    }
+}
