@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::batch_norm::is_running_statistic;
-use super::{Mode, Network, block_count, block_of, efficientnet};
+use super::{Mode, Network, block_of, efficientnet};
 use crate::data::ImageShape;
 use crate::spec::{Arch, ModelSpec};
 
@@ -84,9 +84,8 @@ pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summ
         DType::F32,
         &Device::Cpu,
     )?;
-    let inside = insides(model, input);
     let mut blocks = Vec::new();
-    for i in 0..block_count(model) {
+    for (i, inside) in insides(model, input).into_iter().enumerate() {
         x = net.forward_blocks(&x, i..i + 1, Mode::Infer)?;
         let parameters = (tensors.iter())
             .filter(|(name, _)| block_of(name) == Some(i + 1) && !is_running_statistic(name))
@@ -94,7 +93,7 @@ pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summ
             .sum();
         blocks.push(BlockSummary {
             name: super::block_name(i + 1),
-            inside: inside[i].clone(),
+            inside,
             parameters,
             output: x.dims()[1..].to_vec(),
         });
