@@ -87,6 +87,11 @@ bench-kernels DEVICE="auto":
 
 # Times and results side by side: just bench-gpu --jobs 8
 
+# Measure EfficientNet-Lite0's CPU forward pass: images/s at 224 and 32, time per block
+[group('speed/GPU')]
+bench-efficientnet:
+    cargo bench --bench efficientnet
+
 # Compare xferlab with its PyTorch twin on fmnist-a-to-b, on a GPU machine
 [group('speed/GPU')]
 bench-gpu *ARGS:

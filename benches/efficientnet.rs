@@ -1,0 +1,64 @@
+//! EfficientNet-Lite0's forward pass on the CPU, inference mode (as frozen blocks and the
+//! feature cache run it): images per second at 224x224 (ImageNet's size) and at 32x32 (the
+//! size experiments/imagenet-to-fashion.yaml uses), batch 32, and the time of each block at
+//! 224. Weights are fresh: the arithmetic does not depend on their values.
+//! `just bench-efficientnet`; prints the median of 5 runs after a warm-up.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use xferlab::data::ImageShape;
+use xferlab::model::{Mode, Network};
+use xferlab::spec::{Arch, ModelSpec};
+
+const BATCH: usize = 32;
+const RUNS: usize = 5;
+
+fn median_seconds(mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    run()?;
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[RUNS / 2])
+}
+
+fn main() -> Result<()> {
+    let model = ModelSpec {
+        arch: Arch::EfficientnetLite0,
+        hidden: None,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("EfficientNet-Lite0 forward, inference mode, batch {BATCH}, CPU ({threads} threads)");
+    for size in [224, 32] {
+        let shape = ImageShape {
+            channels: 3,
+            height: size,
+            width: size,
+        };
+        let net = Network::new(&model, shape, 1000, 0, &Device::Cpu)?;
+        let x = Tensor::zeros((BATCH, 3, size, size), DType::F32, &Device::Cpu)?;
+        let seconds = median_seconds(|| net.forward(&x).map(drop))?;
+        println!(
+            "{size}x{size}: {:.3} s per batch, {:.1} images/s",
+            seconds,
+            BATCH as f64 / seconds
+        );
+        if size == 224 {
+            let mut input = x.clone();
+            for block in 0..net.block_count() {
+                let output = net.forward_blocks(&input, block..block + 1, Mode::Infer)?;
+                let ms = median_seconds(|| {
+                    net.forward_blocks(&input, block..block + 1, Mode::Infer)
+                        .map(drop)
+                })? * 1e3;
+                println!("  b{}: {ms:.1} ms", block + 1);
+                input = output;
+            }
+        }
+    }
+    Ok(())
+}
