@@ -2,22 +2,16 @@
 //! (PyTorch's legacy format), tiny zip and legacy files made without PyTorch
 //! (`tests/data/checkpoint/make.py`), and files that must be refused without a panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use xferlab::checkpoint::{self, Format};
 
-/// The real weights, put there by `scripts/assets` (run by `scripts/test`); missing is a
-/// failure, never a skip.
+/// The real EfficientNet-Lite0 ImageNet weights.
 fn efficientnet_lite0() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/efficientnet-lite0/efficientnet-lite0-57934424.pth");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/assets",
-        path.display()
-    );
-    path
+    common::asset("efficientnet-lite0/efficientnet-lite0-57934424.pth")
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -9,17 +9,9 @@ use std::path::Path;
 
 use common::Test;
 
-/// The real photos (scripts/assets, run by scripts/test); a missing one fails the test.
+/// One of the real photos.
 fn photo(name: &str) -> image::DynamicImage {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/photos")
-        .join(name);
-    image::open(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run scripts/assets (scripts/test does)",
-            path.display()
-        )
-    })
+    image::open(common::asset(&format!("photos/{name}"))).unwrap()
 }
 
 /// `root/<split>/<class>/<n>.<ext>`: `per_split` crops of each photo per split, at different

@@ -14,16 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use common::Test;
 use xferlab::model::efficientnet;
 
-/// The real checkpoint; missing is a failure, never a skip.
+/// The real EfficientNet-Lite0 ImageNet weights.
 fn weights() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/efficientnet-lite0/efficientnet-lite0-57934424.pth");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/assets",
-        path.display()
-    );
-    path
+    common::asset("efficientnet-lite0/efficientnet-lite0-57934424.pth")
 }
 
 fn spec(checkpoint: &Path, strategies: &str) -> String {

@@ -6,53 +6,27 @@
 //! resize the shorter side to 224 (bilinear, antialiased), normalise with ImageNet's mean
 //! and standard deviation; the centre 224x224 crop lets the three photos share a batch.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{D, Device, Tensor};
-use image::imageops::FilterType;
+use common::asset;
 use xferlab::checkpoint;
+use xferlab::data::folder;
 use xferlab::model::efficientnet::{self, EfficientNetLite, IMAGE_SIZE};
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// A file of assets/; missing is a failure, never a skip.
-fn asset(path: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets")
-        .join(path);
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/assets",
-        path.display()
-    );
-    path
-}
-
-/// A photo as the reference feeds it: CHW, shorter side resized to 224, centre-cropped,
-/// normalised.
+/// A photo as the reference feeds it: CHW, shorter side resized to 224, centre-cropped (as
+/// image folders are: `data::folder::fit`), normalised.
 fn preprocess(path: &Path) -> Tensor {
-    let image = image::open(path).unwrap().to_rgb8();
-    let (width, height) = image.dimensions();
-    let size = IMAGE_SIZE as u32;
-    // torchvision's Resize(224): the shorter side to 224, the longer scaled and truncated.
-    let (w, h) = if width <= height {
-        (size, (size as u64 * height as u64 / width as u64) as u32)
-    } else {
-        ((size as u64 * width as u64 / height as u64) as u32, size)
-    };
-    let resized = image::imageops::resize(&image, w, h, FilterType::Triangle);
-    // torchvision's CenterCrop: the offset rounded.
-    let left = ((w - size) as f32 / 2.0).round() as u32;
-    let top = ((h - size) as f32 / 2.0).round() as u32;
-    let crop = image::imageops::crop_imm(&resized, left, top, size, size).to_image();
-    let mut values = vec![0f32; 3 * IMAGE_SIZE * IMAGE_SIZE];
-    for (x, y, pixel) in crop.enumerate_pixels() {
-        for c in 0..3 {
-            let at = c * IMAGE_SIZE * IMAGE_SIZE + y as usize * IMAGE_SIZE + x as usize;
-            values[at] = (pixel[c] as f32 / 255.0 - MEAN[c]) / STD[c];
-        }
-    }
+    let image = image::open(path).unwrap();
+    let plane = IMAGE_SIZE * IMAGE_SIZE;
+    let values: Vec<f32> = (folder::fit(&image, IMAGE_SIZE, 3).into_iter().enumerate())
+        .map(|(i, v)| (v - MEAN[i / plane]) / STD[i / plane])
+        .collect();
     Tensor::from_vec(values, (3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu).unwrap()
 }
 

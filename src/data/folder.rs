@@ -158,17 +158,19 @@ pub fn images(listing: &Listing, size: usize, channels: usize) -> Result<Images,
 }
 
 /// An image as `channels` x `size` x `size` values in [0, 1]: the shorter side resized to
-/// `size` (bilinear), then the centre cropped, as torchvision's Resize + CenterCrop do.
+/// `size` (bilinear), then the centre cropped, with torchvision's arithmetic (Resize truncates
+/// the longer side, CenterCrop rounds the offset).
 pub fn fit(image: &image::DynamicImage, size: usize, channels: usize) -> Vec<f32> {
-    let (width, height) = (image.width() as usize, image.height() as usize);
-    let scale = size as f64 / width.min(height) as f64;
-    let (w, h) = (
-        ((width as f64 * scale).round() as u32).max(size as u32),
-        ((height as f64 * scale).round() as u32).max(size as u32),
-    );
-    let resized = image.resize_exact(w, h, image::imageops::FilterType::Triangle);
-    let (left, top) = ((w - size as u32) / 2, (h - size as u32) / 2);
-    let cropped = resized.crop_imm(left, top, size as u32, size as u32);
+    let (width, height) = (image.width() as u64, image.height() as u64);
+    let side = size as u64;
+    let (w, h) = if width <= height {
+        (side, side * height / width)
+    } else {
+        (side * width / height, side)
+    };
+    let resized = image.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
+    let offset = |long: u64| ((long - side) as f64 / 2.0).round() as u32;
+    let cropped = resized.crop_imm(offset(w), offset(h), size as u32, size as u32);
     let planes = match channels {
         1 => vec![cropped.to_luma8().into_raw()],
         _ => {

@@ -391,35 +391,27 @@ fn check_selection(
         )
         .with_help(suggest::help(&selection.dataset, &names, "datasets")));
     }
+    // A data error keeps the file it names; it points at the spec only when it names none.
+    let located = |e: InputError| {
+        let at_dir = at(
+            &format!("datasets.{}.dir", selection.dataset),
+            e.message.clone(),
+        );
+        InputError {
+            origin: e.origin.or(at_dir.origin),
+            help: e.help,
+            ..at_dir
+        }
+    };
     let counts = catalog
         .class_counts(&selection.dataset, selection.split)
-        .map_err(|e| {
-            let located = at(
-                &format!("datasets.{}.dir", selection.dataset),
-                e.message.clone(),
-            );
-            // Keep the file the data error names; point at the spec only when it names none.
-            InputError {
-                origin: e.origin.clone().or(located.origin),
-                help: e.help.clone(),
-                ..located
-            }
-        })?;
+        .map_err(located)?;
     // Image files are decoded here, once (the catalog keeps them for the run), so that an
     // unreadable image is refused before anything trains.
     if spec.datasets[&selection.dataset].format == DatasetFormat::ImageFolder {
         catalog
             .images(&selection.dataset, selection.split)
-            .map_err(|e| {
-                let located = at(
-                    &format!("datasets.{}.dir", selection.dataset),
-                    e.message.clone(),
-                );
-                InputError {
-                    origin: e.origin.clone().or(located.origin),
-                    ..located
-                }
-            })?;
+            .map_err(located)?;
     }
     let classes: Vec<u32> = match &selection.classes {
         Some(classes) => classes.clone(),

@@ -45,6 +45,23 @@ pub struct Row {
 }
 
 impl Row {
+    /// A group with no trial counted yet, at depths (t, f) and the given axis values.
+    fn empty(strategy: StrategyLabel, (t, f): (usize, usize), axes: Vec<Value>) -> Row {
+        Row {
+            strategy,
+            transfer_depth: t,
+            freeze_depth: f,
+            axes,
+            count: 0,
+            failed: 0,
+            missing: 0,
+            accuracy: None,
+            loss_mean: None,
+            gain: None,
+            by_seed: BTreeMap::new(),
+        }
+    }
+
     /// `strategy t=T f=F`.
     pub fn label(&self) -> String {
         format!(
@@ -164,19 +181,11 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
             ))
             .expect("json");
             let at = *index.entry(key).or_insert_with(|| {
-                rows.push(Row {
+                rows.push(Row::empty(
                     strategy,
-                    transfer_depth: trial.config.transfer_depth,
-                    freeze_depth: trial.config.freeze_depth,
-                    axes: values.clone(),
-                    count: 0,
-                    failed: 0,
-                    missing: 0,
-                    accuracy: None,
-                    loss_mean: None,
-                    gain: None,
-                    by_seed: BTreeMap::new(),
-                });
+                    (trial.config.transfer_depth, trial.config.freeze_depth),
+                    values.clone(),
+                ));
                 losses.push(Vec::new());
                 rows.len() - 1
             });
@@ -278,19 +287,7 @@ mod tests {
     use serde_json::json;
 
     fn row(strategy: Strategy, axes: Vec<Value>) -> Row {
-        Row {
-            strategy: StrategyLabel::Named(strategy),
-            transfer_depth: 0,
-            freeze_depth: 0,
-            axes,
-            count: 0,
-            failed: 0,
-            missing: 0,
-            accuracy: None,
-            loss_mean: None,
-            gain: None,
-            by_seed: BTreeMap::new(),
-        }
+        Row::empty(StrategyLabel::Named(strategy), (0, 0), axes)
     }
 
     #[test]

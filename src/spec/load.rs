@@ -172,6 +172,35 @@ impl LoadedSpec {
         origin_from(metadata, key_path, key, &self.file)
     }
 
+    /// Turns `source.hub` into the `checkpoint` file it names in the local Hugging Face cache.
+    fn resolve_hub(&mut self) -> Result<(), InputError> {
+        let source = &self.spec.source;
+        let Some(name) = source.hub.clone() else {
+            return Ok(());
+        };
+        if source.checkpoint.is_some() || source.pretrain.is_some() {
+            return Err(self
+                .error(
+                    "source.hub",
+                    "`source` has `hub` and `checkpoint` or `pretrain`",
+                )
+                .with_help("give exactly one of `pretrain`, `checkpoint` or `hub`"));
+        }
+        let found = super::hub::resolve(&name, &super::hub::caches()).map_err(|looked| {
+            let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+            self.error(
+                "source.hub",
+                format!("`{name}` is not in the local Hugging Face cache"),
+            )
+            .with_help(format!(
+                "xferlab downloads nothing; fetch it once (e.g. `hf download {name}`), or set HF_HUB_CACHE. Looked for: {}",
+                looked.join(", ")
+            ))
+        })?;
+        self.spec.source.checkpoint = Some(found);
+        Ok(())
+    }
+
     /// An error about the value at `key_path`, located.
     pub fn error(&self, key_path: &str, message: impl Into<String>) -> InputError {
         InputError::new(message).with_origin(self.origin(key_path, false))
@@ -200,40 +229,17 @@ pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
     };
     let base = path.parent().unwrap_or(Path::new(""));
     resolve_paths(&mut spec, base);
-    if let Some(name) = spec.source.hub.clone() {
-        let at = |message: String| {
-            InputError::new(message).with_origin(origin_from(
-                figment.find_metadata("source.hub"),
-                "source.hub",
-                false,
-                &file,
-            ))
-        };
-        if spec.source.checkpoint.is_some() || spec.source.pretrain.is_some() {
-            return Err(
-                at("`source` has `hub` and `checkpoint` or `pretrain`".into())
-                    .with_help("give exactly one of `pretrain`, `checkpoint` or `hub`"),
-            );
-        }
-        let found = super::hub::resolve(&name, &super::hub::caches()).map_err(|looked| {
-            let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
-            at(format!("`{name}` is not in the local Hugging Face cache"))
-                .with_help(format!(
-                    "xferlab downloads nothing; fetch it once (e.g. `hf download {name}`), or set HF_HUB_CACHE. Looked for: {}",
-                    looked.join(", ")
-                ))
-        })?;
-        spec.source.checkpoint = Some(found);
-    }
     spec.datasets
         .entry(BUILTIN_DATASET.to_string())
         .or_insert_with(super::datasets::builtin_dataset);
-    Ok(LoadedSpec {
+    let mut loaded = LoadedSpec {
         spec,
         file,
         overrides: given.to_vec(),
         figment,
-    })
+    };
+    loaded.resolve_hub()?;
+    Ok(loaded)
 }
 
 /// Makes relative paths start at the spec file's folder, and absolute, so a trial's config

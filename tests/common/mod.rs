@@ -6,6 +6,20 @@ pub mod mlflow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A file of assets/ (real weights and photos, put there by `scripts/assets`, which
+/// `scripts/test` runs); missing is a failure, never a skip.
+pub fn asset(path: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(path);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/assets",
+        path.display()
+    );
+    path
+}
+
 /// The xferlab binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_xferlab")
