@@ -11,7 +11,7 @@ use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 use xferlab::data::ImageShape;
 use xferlab::device::DeviceChoice;
 use xferlab::model::Network;
-use xferlab::model::conv::Conv3x3;
+use xferlab::model::conv::Conv2d;
 use xferlab::optim::Adam;
 use xferlab::spec::{Arch, ModelSpec};
 
@@ -69,7 +69,12 @@ fn agreement(device: &Device) -> Result<f32> {
     let x = Var::from_tensor(&Tensor::randn(0f32, 1., (8, 32, 14, 14), device)?)?;
     let weight = Var::from_tensor(&Tensor::randn(0f32, 0.1, (64, 32, 3, 3), device)?)?;
     let bias = Var::from_tensor(&Tensor::randn(0f32, 0.1, 64, device)?)?;
-    let conv = Conv3x3::new(weight.as_tensor().clone(), bias.as_tensor().clone(), device)?;
+    let conv = Conv2d::new(
+        weight.as_tensor().clone(),
+        Some(bias.as_tensor().clone()),
+        1,
+        1,
+    )?;
     let ours = conv.forward(x.as_tensor())?;
     let theirs = x
         .as_tensor()
@@ -142,7 +147,7 @@ fn params() -> ParamsAdamW {
 fn convolutions(device: &Device) -> Result<()> {
     println!(
         "{:<22} {:>14} {:>14} {:>14} {:>14}",
-        "conv (in→out, size)", "candle, const", "Conv3x3, const", "candle, var", "Conv3x3, var"
+        "conv (in→out, size)", "candle, const", "xferlab, const", "candle, var", "xferlab, var"
     );
     for (block, input, output, size) in [
         ("b1", 1, 32, 28),
@@ -154,7 +159,12 @@ fn convolutions(device: &Device) -> Result<()> {
         let x_var = Var::from_tensor(&x)?;
         let weight = Var::from_tensor(&Tensor::randn(0f32, 0.1, (output, input, 3, 3), device)?)?;
         let bias = Var::from_tensor(&Tensor::zeros(output, x.dtype(), device)?)?;
-        let conv = Conv3x3::new(weight.as_tensor().clone(), bias.as_tensor().clone(), device)?;
+        let conv = Conv2d::new(
+            weight.as_tensor().clone(),
+            Some(bias.as_tensor().clone()),
+            1,
+            1,
+        )?;
         let candle = |x: &Tensor| {
             let y = x.conv2d(weight.as_tensor(), 1, 1, 1, 1)?;
             let y = y.broadcast_add(&bias.as_tensor().reshape((1, output, 1, 1))?)?;

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::data::Catalog;
 use crate::error::{Error, InputError, Origin, Result, shown};
 use crate::model::Network;
-use crate::model::import::{self, Mapped};
+use crate::model::import::{self, Layout, Mapped};
 use crate::plan::{TrialConfig, derive_seed, hex};
-use crate::spec::{Arch, DatasetSpec, ModelSpec, PretrainSpec};
+use crate::spec::{Arch, CheckpointLayout, DatasetSpec, ModelSpec, PretrainSpec};
 use crate::store::{lock, remove_stale_temps, save_atomic, write_atomic};
 use crate::train::{self, Fit};
 
@@ -93,7 +93,7 @@ impl Sources {
                 self.pretrained(&key["pretrain:".len()..], config, pretrain, catalog, say)?
             }
             (None, Some(path)) => {
-                let mapped = read_checkpoint(path, config.model.arch)?;
+                let mapped = read_checkpoint(path, config.model.arch, source.layout)?;
                 say(&describe(path, &mapped));
                 mapped.tensors
             }
@@ -192,18 +192,24 @@ fn describe(path: &Path, mapped: &Mapped) -> String {
 
 /// Reads a checkpoint (safetensors or PyTorch) and maps its tensors to `arch`'s parameter
 /// names; a file that is not one, or that belongs to another architecture, is bad input.
-pub fn read_checkpoint(path: &Path, arch: Arch) -> Result<Mapped> {
+pub fn read_checkpoint(
+    path: &Path,
+    arch: Arch,
+    layout: Option<CheckpointLayout>,
+) -> Result<Mapped> {
     if !path.is_file() {
         return Err(InputError::new(format!("checkpoint {} does not exist", shown(path))).into());
     }
     let state = crate::checkpoint::read(path)?;
-    import::map(&state, arch).map_err(|e| {
-        let help = match e {
-            import::ImportError::WrongArch { .. } => {
-                "EfficientNet-PyTorch checkpoints feed `model: {arch: efficientnet_lite0}`"
+    import::map(&state, arch, layout.map(Layout::from)).map_err(|e| {
+        let help = match &e {
+            import::ImportError::WrongArch { layout, .. } => {
+                format!("{} checkpoints feed {}", layout.name(), layout.readers())
             }
             import::ImportError::Unplaced { .. } => {
-                "is it a checkpoint of another architecture or width?"
+                "is it a checkpoint of another architecture or width, or another layout \
+                 (`source.layout`)?"
+                    .to_string()
             }
         };
         InputError::new(format!("checkpoint {} {e}", shown(path)))
@@ -220,17 +226,20 @@ pub fn read_checkpoint(path: &Path, arch: Arch) -> Result<Mapped> {
 /// Checks that a checkpoint source has every tensor, with the right shape, for the deepest
 /// transfer in the plan: a bad checkpoint fails before any training.
 pub fn check_checkpoint(config: &TrialConfig, catalog: &Catalog) -> Result<()> {
-    let Some(path) = config.source.as_ref().and_then(|s| s.checkpoint.as_ref()) else {
+    let Some(source) = config.source.as_ref() else {
         return Ok(());
     };
-    let mapped = read_checkpoint(path, config.model.arch)?;
+    let Some(path) = source.checkpoint.as_ref() else {
+        return Ok(());
+    };
+    let mapped = read_checkpoint(path, config.model.arch, source.layout)?;
     let shape = catalog.shape(&config.target.train.dataset)?;
     let net = Network::new(&config.model, shape, 1, 0, &Device::Cpu)?;
     net.transfer_from(&mapped.tensors, config.transfer_depth)
         .map_err(|mismatch| {
             let theirs = mismatch
                 .name()
-                .and_then(|name| mapped.checkpoint_name(name))
+                .and_then(|name| mapped.layout.checkpoint_name(name))
                 .map(|name| format!(" (`{name}` in {} layout)", mapped.layout.name()))
                 .unwrap_or_default();
             InputError::new(format!("checkpoint {} {mismatch}{theirs}", shown(path)))

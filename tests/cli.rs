@@ -246,26 +246,35 @@ fn validate_refuses_a_name_too_long_for_a_folder() {
     );
 }
 
-/// `xferlab models` lists every architecture's blocks; EfficientNet-Lite0's parameters add up
-/// to the published 4,652,008 once the 1000-class ImageNet classifier (1280 x 1000 + 1000) is
-/// counted back in.
+/// `xferlab models` lists every architecture's blocks; their parameters add up to the
+/// published counts once the 1000-class ImageNet classifier is counted back in:
+/// EfficientNet-Lite0 4,652,008 (its paper), ResNet-18/34/50 11,689,512, 21,797,672 and
+/// 25,557,032 (torchvision's model cards).
 #[test]
 fn models_lists_the_blocks_with_published_parameter_counts() {
     let ran = Test::new().run(&["models"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     insta::assert_snapshot!(ran.stdout);
-    let efficientnet = ran.stdout.split("efficientnet_lite0").nth(1).unwrap();
-    let backbone: usize = efficientnet
-        .lines()
-        .filter(|l| l.starts_with('b') && l[1..2].parse::<u8>().is_ok())
-        .map(|l| {
-            l.split_whitespace()
-                .rev()
-                .nth(1)
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
-    assert_eq!(backbone + 1280 * 1000 + 1000, 4_652_008);
+    for (arch, features, published) in [
+        ("efficientnet_lite0", 1280, 4_652_008),
+        ("resnet18", 512, 11_689_512),
+        ("resnet34", 512, 21_797_672),
+        ("resnet50", 2048, 25_557_032),
+    ] {
+        let table = ran.stdout.split(&format!("\n{arch} (")).nth(1).unwrap();
+        let table = table.split("\n\n").next().unwrap();
+        let backbone: usize = table
+            .lines()
+            .filter(|l| l.starts_with('b') && l[1..2].parse::<u8>().is_ok())
+            .map(|l| {
+                l.split_whitespace()
+                    .rev()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(backbone + features * 1000 + 1000, published, "{arch}");
+    }
 }

@@ -26,7 +26,8 @@ pub fn table(summary: &xferlab::model::summary::Summary) -> String {
         "head".into(),
         format!(
             "{}linear {}->classes, new in every trial",
-            if summary.model.arch == xferlab::spec::Arch::EfficientnetLite0 {
+            // Convolutional features that keep their spatial size are pooled first.
+            if summary.blocks.last().is_some_and(|b| b.output.len() == 3) {
                 "global average pool, "
             } else {
                 ""

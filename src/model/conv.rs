@@ -1,53 +1,69 @@
-//! A 3×3 convolution with a cheaper backward pass than candle's.
+//! A convolution with a cheaper backward pass than candle's.
 //!
 //! candle differentiates `conv2d` with `conv_transpose2d` for the input gradient, a direct loop
 //! on the CPU and on CUDA, and computes that gradient even when the input needs none: the
 //! first trainable block, whose input is an image batch or cached frozen features. Here the
 //! input gradient is a forward convolution with the flipped kernel (im2col and a matrix
-//! multiply on both backends), and it is skipped when the input does not need it. The kernel
-//! gradient is candle's own. `just bench-kernels` measures the difference.
+//! multiply on both backends) of the output gradient, spread out with zeros between its
+//! pixels at stride 2 and more; it is skipped when the input does not need it. The kernel
+//! gradient is candle's own formula. `just bench-kernels` measures the difference.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
-const SIZE: usize = 3;
-const PADDING: usize = 1;
-
-/// A 3×3, stride-1, padding-1 convolution with bias.
-pub struct Conv3x3 {
+/// A square-kernel convolution (out, in, k, k) with symmetric zero padding, any stride, one
+/// group, and an optional bias.
+pub struct Conv2d {
     weight: Tensor,
-    bias: Tensor,
-    /// The positions of a flattened 3×3 kernel, reversed: flips it in both spatial axes.
-    flip: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
 }
 
-impl Conv3x3 {
-    /// A convolution with `weight` (out, in, 3, 3) and `bias` (out), on `device`.
-    pub fn new(weight: Tensor, bias: Tensor, device: &Device) -> Result<Self> {
-        let flip: Vec<u32> = (0..(SIZE * SIZE) as u32).rev().collect();
-        Ok(Conv3x3 {
+impl Conv2d {
+    /// A convolution with `weight` (out, in, k, k) and `bias` (out); `padding` at most k - 1.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let (_, _, k, k_width) = weight.dims4()?;
+        if k != k_width || padding >= k || stride == 0 {
+            candle_core::bail!(
+                "conv2d: kernel {:?}, padding {padding}, stride {stride} are not supported",
+                weight.dims()
+            );
+        }
+        Ok(Conv2d {
             weight,
             bias,
-            flip: Tensor::new(flip, device)?,
+            stride,
+            padding,
         })
     }
 
-    /// Convolves `x` (N, in, H, W) into (N, out, H, W).
+    /// Convolves `x` (N, in, H, W) into (N, out, H', W').
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.detach().conv2d(&self.weight.detach(), PADDING, 1, 1, 1)?;
+        let y = x
+            .detach()
+            .conv2d(&self.weight.detach(), self.padding, self.stride, 1, 1)?;
         let y = if x.track_op() || self.weight.track_op() {
             x.apply_op2(
                 &self.weight,
                 Backward {
                     output: y,
-                    flip: self.flip.clone(),
+                    stride: self.stride,
+                    padding: self.padding,
                 },
             )?
         } else {
             y
         };
-        let channels = self.bias.dims1()?;
-        y.broadcast_add(&self.bias.reshape((1, channels, 1, 1))?)
+        match &self.bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+            None => Ok(y),
+        }
     }
 }
 
@@ -55,12 +71,13 @@ impl Conv3x3 {
 /// backward pass; its forward only hands that output over.
 struct Backward {
     output: Tensor,
-    flip: Tensor,
+    stride: usize,
+    padding: usize,
 }
 
 impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {
-        "conv3x3"
+        "conv2d"
     }
 
     fn cpu_fwd(
@@ -73,7 +90,7 @@ impl CustomOp2 for Backward {
         let (storage, layout) = self.output.storage_and_layout();
         match &*storage {
             Storage::Cpu(s) => Ok((s.try_clone(layout)?, self.output.shape().clone())),
-            _ => candle_core::bail!("conv3x3: output is not on the CPU"),
+            _ => candle_core::bail!("conv2d: output is not on the CPU"),
         }
     }
 
@@ -88,7 +105,7 @@ impl CustomOp2 for Backward {
         let (storage, layout) = self.output.storage_and_layout();
         match &*storage {
             Storage::Cuda(s) => Ok((s.try_clone(layout)?, self.output.shape().clone())),
-            _ => candle_core::bail!("conv3x3: output is not on the GPU"),
+            _ => candle_core::bail!("conv2d: output is not on the GPU"),
         }
     }
 
@@ -99,34 +116,77 @@ impl CustomOp2 for Backward {
         _output: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (s, p) = (self.stride, self.padding);
+        let (out_c, in_c, k, _) = weight.dims4()?;
         let grad_x = if x.track_op() {
-            // The adjoint of a stride-1 convolution: convolve the gradient with the kernel
-            // flipped in space and with input and output channels swapped.
-            let (out_c, in_c, h, w) = weight.dims4()?;
-            let flipped = weight
-                .reshape((out_c * in_c, h * w))?
-                .index_select(&self.flip, 1)?
-                .reshape((out_c, in_c, h, w))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            Some(grad.conv2d(&flipped, SIZE - 1 - PADDING, 1, 1, 1)?)
+            // The adjoint of a convolution: put s - 1 zeros between the gradient's pixels,
+            // then convolve with the kernel flipped in space and its channels swapped. Input
+            // rows and columns past the last window (when (H + 2p - k) is not a multiple of
+            // s) get zeros: the extra padding after.
+            let (_, _, height, width) = x.dims4()?;
+            let spread = spread(grad, s)?;
+            let rest = |size: usize| (size + 2 * p - k) % s;
+            let flipped = flip_spatial(weight)?.transpose(0, 1)?.contiguous()?;
+            let edge = k - 1 - p;
+            let (rest_h, rest_w) = (rest(height), rest(width));
+            Some(if rest_h == 0 && rest_w == 0 {
+                spread.conv2d(&flipped, edge, 1, 1, 1)?
+            } else {
+                spread
+                    .pad_with_zeros(2, edge, edge + rest_h)?
+                    .pad_with_zeros(3, edge, edge + rest_w)?
+                    .conv2d(&flipped, 0, 1, 1, 1)?
+            })
         } else {
             None
         };
-        // Batch and channels swapped: a convolution of the input with the gradient as kernel.
-        // candle's cuDNN path runs only contiguous kernels (others take a direct loop).
+        // Batch and channels swapped: a convolution of the input with the gradient as kernel,
+        // dilated by the stride; windows past the kernel's size are cut off. candle's cuDNN
+        // path runs only contiguous kernels (others take a direct loop).
         let grad_weight = x
             .transpose(0, 1)?
-            .conv2d(&grad.transpose(0, 1)?.contiguous()?, PADDING, 1, 1, 1)?
+            .conv2d(&grad.transpose(0, 1)?.contiguous()?, p, 1, s, 1)?
             .transpose(0, 1)?;
+        let grad_weight = if grad_weight.dim(2)? != k || grad_weight.dim(3)? != k {
+            grad_weight.narrow(2, 0, k)?.narrow(3, 0, k)?
+        } else {
+            grad_weight
+        };
+        debug_assert_eq!(grad_weight.dims(), [out_c, in_c, k, k]);
         Ok((grad_x, Some(grad_weight)))
     }
+}
+
+/// `grad` (N, C, H, W) with `stride - 1` zeros between neighbouring pixels:
+/// (N, C, (H - 1) * stride + 1, (W - 1) * stride + 1).
+fn spread(grad: &Tensor, stride: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return Ok(grad.clone());
+    }
+    let (n, c, h, w) = grad.dims4()?;
+    grad.reshape((n, c, h, 1, w, 1))?
+        .pad_with_zeros(3, 0, stride - 1)?
+        .pad_with_zeros(5, 0, stride - 1)?
+        .reshape((n, c, h * stride, w * stride))?
+        .narrow(2, 0, (h - 1) * stride + 1)?
+        .narrow(3, 0, (w - 1) * stride + 1)
+}
+
+/// `weight` (out, in, k, k) flipped in both spatial axes.
+fn flip_spatial(weight: &Tensor) -> Result<Tensor> {
+    let (o, i, h, w) = weight.dims4()?;
+    let reversed: Vec<u32> = (0..(h * w) as u32).rev().collect();
+    let reversed = Tensor::new(reversed, weight.device())?;
+    weight
+        .reshape((o * i, h * w))?
+        .index_select(&reversed, 1)?
+        .reshape((o, i, h, w))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Var};
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -139,35 +199,59 @@ mod tests {
             .unwrap()
     }
 
+    /// Outputs and gradients against candle's `conv2d` for the kernels the architectures
+    /// use: cnn6's 3x3, ResNet's 7x7 stem, its strided 3x3 and 1x1, EfficientNet's 1x1;
+    /// odd sides leave rows past the last strided window. Square inputs: candle's own
+    /// backward pass takes the height's output padding for the width too.
     #[test]
     fn gradients_match_candles_conv2d() {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 4, 7, 6), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (5, 4, 3, 3), &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 5, &dev).unwrap()).unwrap();
-        let conv = Conv3x3::new(w.as_tensor().clone(), b.as_tensor().clone(), &dev).unwrap();
-        let ours = conv.forward(x.as_tensor()).unwrap();
-        let theirs = x
-            .as_tensor()
-            .conv2d(w.as_tensor(), 1, 1, 1, 1)
-            .unwrap()
-            .broadcast_add(&b.as_tensor().reshape((1, 5, 1, 1)).unwrap())
+        for (kernel, stride, padding, side) in [
+            (3, 1, 1, 7),
+            (7, 2, 3, 13),
+            (3, 2, 1, 9),
+            (3, 2, 1, 8),
+            (1, 2, 0, 9),
+            (1, 1, 0, 5),
+            (3, 2, 0, 10),
+        ] {
+            let case = format!("k{kernel} s{stride} p{padding} side {side}");
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 4, side, side), &dev).unwrap())
+                .unwrap();
+            let w =
+                Var::from_tensor(&Tensor::randn(0f32, 0.3, (5, 4, kernel, kernel), &dev).unwrap())
+                    .unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 5, &dev).unwrap()).unwrap();
+            let conv = Conv2d::new(
+                w.as_tensor().clone(),
+                Some(b.as_tensor().clone()),
+                stride,
+                padding,
+            )
             .unwrap();
-        assert_eq!(max_diff(&ours, &theirs), 0.0);
-        // A loss that weighs every output differently, so a wrong flip or transpose shows.
-        let weights = Tensor::arange(0f32, ours.elem_count() as f32, &dev)
-            .unwrap()
-            .reshape(ours.shape())
-            .unwrap()
-            .cos()
-            .unwrap();
-        let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
-        let ours = loss(&ours).backward().unwrap();
-        let theirs = loss(&theirs).backward().unwrap();
-        for var in [&x, &w, &b] {
-            let (o, t) = (ours.get(var).unwrap(), theirs.get(var).unwrap());
-            assert_eq!(o.dims(), t.dims());
-            assert!(max_diff(o, t) < 1e-4, "{}", max_diff(o, t));
+            let ours = conv.forward(x.as_tensor()).unwrap();
+            let theirs = x
+                .as_tensor()
+                .conv2d(w.as_tensor(), padding, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.as_tensor().reshape((1, 5, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(max_diff(&ours, &theirs), 0.0, "{case}");
+            // A loss that weighs every output differently, so a wrong flip or transpose shows.
+            let weights = Tensor::arange(0f32, ours.elem_count() as f32, &dev)
+                .unwrap()
+                .reshape(ours.shape())
+                .unwrap()
+                .cos()
+                .unwrap();
+            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+            let ours = loss(&ours).backward().unwrap();
+            let theirs = loss(&theirs).backward().unwrap();
+            for var in [&x, &w, &b] {
+                let (o, t) = (ours.get(var).unwrap(), theirs.get(var).unwrap());
+                assert_eq!(o.dims(), t.dims(), "{case}");
+                assert!(max_diff(o, t) < 1e-4, "{case}: {}", max_diff(o, t));
+            }
         }
     }
 
@@ -177,7 +261,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 3, 5, 5), &dev).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (4, 3, 3, 3), &dev).unwrap()).unwrap();
         let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
-        let conv = Conv3x3::new(w.as_tensor().clone(), b, &dev).unwrap();
+        let conv = Conv2d::new(w.as_tensor().clone(), Some(b.clone()), 1, 1).unwrap();
         let grads = conv
             .forward(&x)
             .unwrap()
@@ -195,7 +279,7 @@ mod tests {
             .unwrap();
         assert!(max_diff(grads.get(&w).unwrap(), expected.get(&w).unwrap()) < 1e-4);
         // Without any variable no graph is recorded at all.
-        let frozen = Conv3x3::new(w.as_tensor().detach(), conv.bias.clone(), &dev).unwrap();
+        let frozen = Conv2d::new(w.as_tensor().detach(), Some(b), 1, 1).unwrap();
         assert!(!frozen.forward(&x).unwrap().track_op());
     }
 }

@@ -6,34 +6,28 @@
 //! of the (padded) input by that tap's per-channel weights, summed; stride 2 first splits
 //! the input into its four even/odd row and column phases, so that every tap reads one
 //! phase at stride 1. Only tensor operations are used, so candle's autograd differentiates
-//! it as it is.
+//! it as it is. The same shifted views make ResNet's padded max pooling.
 
 use candle_core::{Result, Tensor};
 
-/// Depthwise convolution of `x` (N, C, H, W) with `weight` (C, 1, k, k), after zero padding
-/// `(top, bottom)` and `(left, right)`, at `stride` 1 or 2.
-pub fn depthwise_conv2d(
+/// The k*k shifted views of `x` (N, C, H, W) that a k x k window at `stride` 1 or 2 reads
+/// after zero padding `(top, bottom)` and `(left, right)`: view (u, v) holds, at each output
+/// pixel, the input the window's tap (u, v) sees. Row-major over (u, v).
+pub(crate) fn windows(
     x: &Tensor,
-    weight: &Tensor,
+    kernel: usize,
     (top, bottom): (usize, usize),
     (left, right): (usize, usize),
     stride: usize,
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
     let (batch, channels, height, width) = x.dims4()?;
-    let (weight_channels, one, kernel, kernel_width) = weight.dims4()?;
-    if weight_channels != channels || one != 1 || kernel != kernel_width {
-        candle_core::bail!(
-            "depthwise kernel {:?} does not fit {channels} channels",
-            weight.dims()
-        );
-    }
     if stride != 1 && stride != 2 {
-        candle_core::bail!("depthwise stride {stride}: only 1 and 2 are implemented");
+        candle_core::bail!("window stride {stride}: only 1 and 2 are implemented");
     }
     let padded_height = height + top + bottom;
     let padded_width = width + left + right;
-    if padded_height < kernel || padded_width < kernel {
-        candle_core::bail!("depthwise kernel {kernel} is larger than the padded input");
+    if kernel == 0 || padded_height < kernel || padded_width < kernel {
+        candle_core::bail!("window {kernel} does not fit the padded input");
     }
     let out_height = (padded_height - kernel) / stride + 1;
     let out_width = (padded_width - kernel) / stride + 1;
@@ -68,25 +62,65 @@ pub fn depthwise_conv2d(
             })
             .collect::<Result<_>>()?
     };
-    let mut sum: Option<Tensor> = None;
+    let mut views = Vec::with_capacity(kernel * kernel);
     for u in 0..kernel {
         for v in 0..kernel {
-            let phase = &phases[u % stride][v % stride];
-            let tap = phase
-                .narrow(2, u / stride, out_height)?
-                .narrow(3, v / stride, out_width)?;
-            let w = weight
-                .narrow(2, u, 1)?
-                .narrow(3, v, 1)?
-                .reshape((1, channels, 1, 1))?;
-            let term = tap.broadcast_mul(&w)?;
-            sum = Some(match sum {
-                None => term,
-                Some(s) => (s + term)?,
-            });
+            views.push(
+                phases[u % stride][v % stride]
+                    .narrow(2, u / stride, out_height)?
+                    .narrow(3, v / stride, out_width)?,
+            );
         }
     }
+    Ok(views)
+}
+
+/// Depthwise convolution of `x` (N, C, H, W) with `weight` (C, 1, k, k), after zero padding
+/// `(top, bottom)` and `(left, right)`, at `stride` 1 or 2.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    top_bottom: (usize, usize),
+    left_right: (usize, usize),
+    stride: usize,
+) -> Result<Tensor> {
+    let channels = x.dim(1)?;
+    let (weight_channels, one, kernel, kernel_width) = weight.dims4()?;
+    if weight_channels != channels || one != 1 || kernel != kernel_width {
+        candle_core::bail!(
+            "depthwise kernel {:?} does not fit {channels} channels",
+            weight.dims()
+        );
+    }
+    let mut sum: Option<Tensor> = None;
+    for (i, view) in windows(x, kernel, top_bottom, left_right, stride)?
+        .iter()
+        .enumerate()
+    {
+        let w = weight
+            .narrow(2, i / kernel, 1)?
+            .narrow(3, i % kernel, 1)?
+            .reshape((1, channels, 1, 1))?;
+        let term = view.broadcast_mul(&w)?;
+        sum = Some(match sum {
+            None => term,
+            Some(s) => (s + term)?,
+        });
+    }
     sum.ok_or_else(|| candle_core::Error::Msg("depthwise kernel of size 0".into()))
+}
+
+/// 3x3 max pooling at stride 2 with one pixel of padding (ResNet's stem), for inputs that
+/// are never negative (after a ReLU): padding with zeros then equals PyTorch's padding with
+/// -inf. candle's `max_pool2d` has no padding, and no backward pass when the window is
+/// larger than the stride; a maximum of shifted views has both.
+pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
+    let views = windows(x, 3, (1, 1), (1, 1), 2)?;
+    let mut max = views[0].clone();
+    for view in &views[1..] {
+        max = max.maximum(view)?;
+    }
+    Ok(max)
 }
 
 #[cfg(test)]
@@ -131,6 +165,35 @@ mod tests {
                 difference < 1e-4,
                 "k{kernel} s{stride} {size}: {difference}"
             );
+        }
+    }
+
+    #[test]
+    fn max_pooling_agrees_with_candles_on_non_negative_input() {
+        let device = Device::Cpu;
+        for size in [8, 9, 112] {
+            let x = Tensor::randn(0f32, 1., (2, 3, size, size + 3), &device)
+                .unwrap()
+                .relu()
+                .unwrap();
+            let ours = max_pool_3x3_stride_2(&x).unwrap();
+            // PyTorch's output: floor((size + 2 - 3) / 2) + 1 per side.
+            let theirs = x
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .pad_with_zeros(3, 1, 1)
+                .unwrap()
+                .max_pool2d_with_stride(3, 2)
+                .unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "{size}");
+            assert_eq!(ours.dims()[2], (size - 1) / 2 + 1);
+            let same = (ours.eq(&theirs).unwrap().to_dtype(candle_core::DType::F32))
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(same, 1.0, "{size}");
         }
     }
 }

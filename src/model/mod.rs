@@ -10,6 +10,7 @@ pub mod depthwise;
 pub mod efficientnet;
 pub mod import;
 mod parameters;
+pub mod resnet;
 pub mod summary;
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use candle_nn::{Linear, Module, VarMap};
 use crate::data::ImageShape;
 use crate::spec::{Arch, ModelSpec};
 use batch_norm::is_running_statistic;
-use conv::Conv3x3;
+use conv::Conv2d;
 use parameters::Parameters;
 
 /// Name of block `i` (from 1).
@@ -35,6 +36,7 @@ pub fn block_count(model: &ModelSpec) -> usize {
         Arch::Mlp => model.hidden.as_ref().map_or(0, Vec::len),
         Arch::Cnn6 => CNN6_BLOCKS,
         Arch::EfficientnetLite0 => efficientnet::BLOCKS,
+        Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => resnet::BLOCKS,
     }
 }
 
@@ -47,7 +49,7 @@ pub fn block_of(parameter: &str) -> Option<usize> {
 }
 
 enum Layer {
-    Conv(Conv3x3),
+    Conv(Conv2d),
     Linear(Linear),
     Relu,
     MaxPool2,
@@ -66,10 +68,11 @@ impl Layer {
     }
 }
 
-/// One block: a few simple layers (mlp, cnn6), or an EfficientNet block.
+/// One block: a few simple layers (mlp, cnn6), or an EfficientNet or ResNet block.
 enum Block {
     Layers(Vec<Layer>),
     EfficientNet(efficientnet::Block),
+    ResNet(resnet::Block),
 }
 
 impl Block {
@@ -84,6 +87,7 @@ impl Block {
                 Ok(x)
             }
             Block::EfficientNet(block) => block.forward(x, mode),
+            Block::ResNet(block) => block.forward(x, mode),
         }
     }
 }
@@ -204,6 +208,13 @@ impl Network {
                 blocks.extend(built.into_iter().map(Block::EfficientNet));
                 pool = true;
                 efficientnet::FEATURES
+            }
+            Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
+                let depth = resnet::depth(model.arch).expect("a ResNet");
+                let built = resnet::build(&mut p, depth, input.channels)?;
+                blocks.extend(built.into_iter().map(Block::ResNet));
+                pool = true;
+                depth.features()
             }
         };
         let head = p.linear("head", features, classes)?;

@@ -7,7 +7,7 @@ use candle_nn::{Linear, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::conv::Conv3x3;
+use super::conv::Conv2d;
 
 /// Creates parameters with PyTorch's default initialisation (uniform in ±1/sqrt(fan_in))
 /// or constants (BatchNorm's), each registered in the network's variables under its name.
@@ -70,11 +70,11 @@ impl<'a> Parameters<'a> {
         name: &str,
         input: usize,
         output: usize,
-    ) -> candle_core::Result<Conv3x3> {
+    ) -> candle_core::Result<Conv2d> {
         let fan_in = input * 9;
         let weight = self.uniform(format!("{name}.weight"), &[output, input, 3, 3], fan_in)?;
         let bias = self.uniform(format!("{name}.bias"), &[output], fan_in)?;
-        Conv3x3::new(weight, bias, self.device)
+        Conv2d::new(weight, Some(bias), 1, 1)
     }
 
     /// A linear layer with bias.

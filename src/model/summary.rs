@@ -6,7 +6,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::batch_norm::is_running_statistic;
-use super::{Mode, Network, block_of, efficientnet};
+use super::import::Layout;
+use super::{Mode, Network, block_of, efficientnet, resnet};
 use crate::data::ImageShape;
 use crate::spec::{Arch, ModelSpec};
 
@@ -34,8 +35,8 @@ pub struct Summary {
     pub blocks: Vec<BlockSummary>,
     /// Width of the features the new head reads.
     pub features: usize,
-    /// The checkpoint layouts it reads.
-    pub layouts: &'static str,
+    /// The checkpoint layouts it reads, with an example name each.
+    pub layouts: String,
 }
 
 /// Every architecture, with an example configuration and input.
@@ -72,6 +73,27 @@ pub fn examples() -> Vec<(ModelSpec, ImageShape)> {
             },
             rgb,
         ),
+        (
+            ModelSpec {
+                arch: Arch::Resnet18,
+                hidden: None,
+            },
+            rgb,
+        ),
+        (
+            ModelSpec {
+                arch: Arch::Resnet34,
+                hidden: None,
+            },
+            rgb,
+        ),
+        (
+            ModelSpec {
+                arch: Arch::Resnet50,
+                hidden: None,
+            },
+            rgb,
+        ),
     ]
 }
 
@@ -99,12 +121,22 @@ pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summ
         });
     }
     let features = tensors["head.weight"].dims()[1];
-    let layouts = match model.arch {
-        Arch::EfficientnetLite0 => {
-            "xferlab's (b1.conv.weight, ...) and EfficientNet-PyTorch's (_conv_stem.weight, _blocks.N..., as published with the ImageNet weights)"
-        }
-        Arch::Mlp | Arch::Cnn6 => "xferlab's (b1.linear.weight, b1.conv.weight, ...)",
-    };
+    let layouts = [
+        (Layout::Xferlab, "b1..., as xferlab saves"),
+        (
+            Layout::EfficientNetPytorch,
+            "_conv_stem.weight, _blocks.N..., as published with the ImageNet weights",
+        ),
+        (
+            Layout::Torchvision,
+            "conv1.weight, layer1.0.conv1.weight, ...",
+        ),
+    ]
+    .into_iter()
+    .filter(|(layout, _)| layout.reads(model.arch))
+    .map(|(layout, example)| format!("{} ({example})", layout.name()))
+    .collect::<Vec<_>>()
+    .join(", ");
     Ok(Summary {
         model: model.clone(),
         input,
@@ -153,6 +185,15 @@ fn insides(model: &ModelSpec, input: ImageShape) -> Vec<String> {
                 )
             }));
             all.push("conv1x1 320->1280, batchnorm, relu6".into());
+            all
+        }
+        Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => {
+            let depth = resnet::depth(model.arch).expect("a ResNet");
+            let mut all = vec![format!(
+                "conv7x7 stride 2 {}->64, batchnorm, relu, maxpool 3x3 stride 2",
+                input.channels
+            )];
+            all.extend((0..4).map(|layer| depth.describe(layer)));
             all
         }
     }

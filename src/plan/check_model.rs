@@ -3,14 +3,16 @@
 
 use crate::data::{Catalog, ImageShape};
 use crate::error::InputError;
+use crate::model::import::arch_name;
 use crate::spec::{Arch, DataSelection, ModelSpec};
 
 use super::check::Locate;
 
-/// EfficientNet halves its input five times (an output stride of 32): smaller images reach
-/// the last stages as a single pixel made mostly of padding, and ImageNet features mean
-/// little there. 32 is the smallest side at which every stage still sees real pixels.
-pub const EFFICIENTNET_MIN_SIDE: usize = 32;
+/// EfficientNet and ResNet halve their input five times (an output stride of 32): smaller
+/// images reach the last stages as a single pixel made mostly of padding, and ImageNet
+/// features mean little there. 32 is the smallest side at which every stage still sees real
+/// pixels.
+pub const IMAGENET_MIN_SIDE: usize = 32;
 
 /// Checks the `model` section on its own.
 pub fn check_model(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
@@ -28,13 +30,12 @@ pub fn check_model(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
                 format!("hidden {hidden:?}: give at least one width, each from 1 to 65536"),
             ))
         }
-        (Arch::Cnn6, Some(_)) => Err(at(
+        (arch, Some(_)) if arch != Arch::Mlp => Err(at(
             "model.hidden",
-            "`hidden` applies only to `mlp`; cnn6's layers are fixed".into(),
-        )),
-        (Arch::EfficientnetLite0, Some(_)) => Err(at(
-            "model.hidden",
-            "`hidden` applies only to `mlp`; efficientnet_lite0's layers are fixed".into(),
+            format!(
+                "`hidden` applies only to `mlp`; {}'s layers are fixed",
+                arch_name(arch)
+            ),
         )),
         _ => Ok(()),
     }
@@ -82,28 +83,27 @@ fn check_input(model: &ModelSpec, shape: ImageShape, at: Locate) -> Result<(), I
             ),
         )),
         Arch::Cnn6 => Ok(()),
-        Arch::EfficientnetLite0 if shape.channels != 3 => Err(at(
+        // The ImageNet architectures.
+        arch if shape.channels != 3 => Err(at(
             "model.arch",
             format!(
-                "efficientnet_lite0 takes RGB images (3 channels), but the data has {}",
+                "{} takes RGB images (3 channels), but the data has {}",
+                arch_name(arch),
                 shape.channels
             ),
         )
         .with_help("give the datasets `channels: 3` (grey images are repeated into RGB)")),
-        Arch::EfficientnetLite0
-            if height < EFFICIENTNET_MIN_SIDE || width < EFFICIENTNET_MIN_SIDE =>
-        {
-            Err(at(
-                "model.arch",
-                format!(
-                    "efficientnet_lite0 halves images five times, so they need sides of at \
-                     least {EFFICIENTNET_MIN_SIDE}, not {height}x{width}"
-                ),
-            )
-            .with_help(
-                "give the datasets e.g. `image_size: 64` (ImageNet's weights are trained at 224)",
-            ))
-        }
-        Arch::EfficientnetLite0 => Ok(()),
+        arch if height < IMAGENET_MIN_SIDE || width < IMAGENET_MIN_SIDE => Err(at(
+            "model.arch",
+            format!(
+                "{} halves images five times, so they need sides of at least \
+                 {IMAGENET_MIN_SIDE}, not {height}x{width}",
+                arch_name(arch)
+            ),
+        )
+        .with_help(
+            "give the datasets e.g. `image_size: 64` (ImageNet's weights are trained at 224)",
+        )),
+        _ => Ok(()),
     }
 }

@@ -110,6 +110,13 @@ pub enum Arch {
     /// channels), for 3-channel images of at least 32x32; reads EfficientNet-PyTorch
     /// checkpoints such as the ImageNet `efficientnet-lite0-57934424.pth`.
     EfficientnetLite0,
+    /// ResNet-18 in torchvision's layout (5 blocks: stem, layer1..layer4; 512 features), for
+    /// 3-channel images of at least 32x32; reads torchvision and timm checkpoints.
+    Resnet18,
+    /// ResNet-34, as `resnet18` with 3, 4, 6, 3 basic blocks per layer.
+    Resnet34,
+    /// ResNet-50, as `resnet18` with 3, 4, 6, 3 bottleneck blocks per layer (2048 features).
+    Resnet50,
 }
 
 /// Where the source model comes from: exactly one of `pretrain` or `checkpoint`.
@@ -120,14 +127,33 @@ pub struct SourceSpec {
     #[serde(default)]
     pub pretrain: Option<PretrainSpec>,
     /// A checkpoint with the blocks' weights: safetensors or PyTorch `.pth`/`.pt` (zip or
-    /// legacy), in xferlab's names (`b1.conv.weight`, ...) or EfficientNet-PyTorch's
-    /// (`_conv_stem.weight`, ...; `efficientnet_lite0` only). Relative to the spec's folder.
+    /// legacy), in xferlab's names (`b1.conv.weight`, ...), EfficientNet-PyTorch's
+    /// (`_conv_stem.weight`, ...; `efficientnet_lite0` only) or torchvision's and timm's
+    /// (`conv1.weight`, `layer1.0.conv1.weight`, ...; the ResNets). Relative to the spec's
+    /// folder.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
     /// A model in the local Hugging Face cache, `ORG/NAME` (e.g. `timm/resnet50.a1_in1k`); its
     /// weights file becomes `checkpoint` when the spec is loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<String>,
+    /// How the checkpoint names its tensors; told from the names when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<CheckpointLayout>,
+}
+
+/// Tensor naming conventions of checkpoints (`source.layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointLayout {
+    /// xferlab's own (`b1.conv.weight`, ...), what `xferlab run` saves.
+    Xferlab,
+    /// torchvision's ResNets (`conv1.weight`, `layer1.0.bn1.running_mean`, `fc.weight`).
+    Torchvision,
+    /// timm's ResNets: the same names as torchvision's.
+    Timm,
+    /// EfficientNet-PyTorch's (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...).
+    EfficientnetPytorch,
 }
 
 /// Pretraining of the source model.

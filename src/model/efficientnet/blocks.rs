@@ -12,6 +12,7 @@ use candle_core::Tensor;
 use super::{BATCH_NORM_EPSILON, BLOCKS, FEATURES, STAGES, STEM_CHANNELS};
 use crate::model::Mode;
 use crate::model::batch_norm::BatchNorm;
+use crate::model::conv::Conv2d;
 use crate::model::depthwise::depthwise_conv2d;
 use crate::model::parameters::Parameters;
 
@@ -68,11 +69,12 @@ impl ConvBn {
         let y = if self.groups > 1 {
             depthwise_conv2d(x, &self.weight, (top, bottom), (left, right), self.stride)?
         } else if top == bottom && left == right && top == left {
-            x.conv2d(&self.weight, top, self.stride, 1, self.groups)?
+            Conv2d::new(self.weight.clone(), None, self.stride, top)?.forward(x)?
         } else {
-            x.pad_with_zeros(2, top, bottom)?
-                .pad_with_zeros(3, left, right)?
-                .conv2d(&self.weight, 0, self.stride, 1, self.groups)?
+            let padded = x
+                .pad_with_zeros(2, top, bottom)?
+                .pad_with_zeros(3, left, right)?;
+            Conv2d::new(self.weight.clone(), None, self.stride, 0)?.forward(&padded)?
         };
         self.bn.forward(&y, mode)
     }
