@@ -85,9 +85,14 @@ bench-cpu SPEC="benches/cpu.yaml":
 bench-kernels DEVICE="auto":
     cargo bench --bench kernels -- {{DEVICE}}
 
+# Trials per minute of a slice of imagenet-to-fashion (EfficientNet-Lite0, ImageNet weights)
+[group('speed/GPU')]
+bench-imagenet:
+    scripts/bench-cpu benches/imagenet-cpu.yaml
+
 # Times and results side by side: just bench-gpu --jobs 8
 
-# Measure EfficientNet-Lite0's CPU forward pass: images/s at 224 and 32, time per block
+# EfficientNet-Lite0 on the CPU: forward images/s at 224 and 32, time per block, a training step
 [group('speed/GPU')]
 bench-efficientnet:
     cargo bench --bench efficientnet

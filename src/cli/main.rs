@@ -18,36 +18,9 @@ use xferlab::tracking::Target;
 
 use args::{Cli, Command};
 
-/// candle asks for its CPU thread count before every parallel kernel and, unless
-/// `RAYON_NUM_THREADS` is set, counts physical cores by parsing /proc/cpuinfo each time: a
-/// fifth of an EfficientNet training step on 2 cores. Count once, as candle would.
-fn count_threads_once() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
-        // SAFETY: first thing in main, before any other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    }
-}
-
-/// Training allocates and frees the same big tensors every step, and glibc gives blocks over
-/// 128 KiB back to the kernel at once, then faults zeroed pages in for the next: a fifth of
-/// an EfficientNet training step on the CPU. Keep freed blocks (up to 32 MiB, the most glibc
-/// allows) in the heap.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    // SAFETY: plain settings calls, first thing in main.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
-    count_threads_once();
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { xferlab::device::prepare_process() };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
