@@ -131,29 +131,49 @@ pub fn class_counts(listing: &Listing) -> BTreeMap<u32, usize> {
     super::count(&labels)
 }
 
-/// Decodes every image of a listing, each resized so its shorter side is `size`, centre
-/// cropped to `size` x `size`, and converted to `channels` (1: luminance, 3: RGB).
-pub fn images(listing: &Listing, size: usize, channels: usize) -> Result<Images, InputError> {
-    let shape = ImageShape {
-        channels,
-        height: size,
-        width: size,
-    };
+/// The decoded images of a listing, and the files skipped as unreadable.
+pub struct Read {
+    /// The images.
+    pub images: Images,
+    /// Files that could not be decoded (only when skipping was asked).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Decodes every image of a listing, each resized so its shorter side is `shape`'s, centre
+/// cropped to it, and converted to its channels (1: luminance, 3: RGB). A file that cannot
+/// be decoded is an error naming it, or, with `skip_unreadable`, left out and listed.
+pub fn images(
+    listing: &Listing,
+    shape: ImageShape,
+    skip_unreadable: bool,
+) -> Result<Read, InputError> {
     let mut pixels = Vec::with_capacity(listing.files.len() * shape.values());
-    for (path, _) in &listing.files {
-        let image = image::open(path).map_err(|e| {
-            InputError::new(format!("cannot decode image: {e}")).with_origin(Origin::File {
-                path: path.clone(),
-                position: None,
-                line_text: None,
-            })
-        })?;
-        pixels.extend(fit(&image, size, channels));
+    let (mut labels, mut skipped) = (Vec::new(), Vec::new());
+    for (path, label) in &listing.files {
+        match image::open(path) {
+            Ok(image) => {
+                pixels.extend(fit(&image, shape.height, shape.channels));
+                labels.push(*label);
+            }
+            Err(_) if skip_unreadable => skipped.push(path.clone()),
+            Err(e) => {
+                return Err(InputError::new(format!("cannot decode image: {e}"))
+                    .with_help("fix or remove it, or set `skip_unreadable: true` on the dataset to leave such files out")
+                    .with_origin(Origin::File {
+                        path: path.clone(),
+                        position: None,
+                        line_text: None,
+                    }));
+            }
+        }
     }
-    Ok(Images {
-        shape,
-        pixels,
-        labels: listing.files.iter().map(|(_, l)| *l).collect(),
+    Ok(Read {
+        images: Images {
+            shape,
+            pixels,
+            labels,
+        },
+        skipped,
     })
 }
 

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{InputError, Result};
+use crate::error::{InputError, Result, shown};
 use crate::spec::{DataSelection, DatasetFormat, DatasetSpec, Split};
 
 /// Channels, height and width of every image in a dataset.
@@ -112,7 +112,17 @@ impl Catalog {
             DatasetFormat::ImageFolder => {
                 let shape = self.shape(name)?;
                 let listing = folder::list(dir_of(spec, name)?, split, spec.holdout)?;
-                folder::images(&listing, shape.height, shape.channels)?
+                let read = folder::images(&listing, shape, spec.skip_unreadable)?;
+                if !read.skipped.is_empty() {
+                    let files: Vec<String> = read.skipped.iter().map(|p| shown(p)).collect();
+                    tracing::warn!(
+                        "dataset `{name}` ({split:?} split): skipped {} unreadable image{} (skip_unreadable): {}",
+                        files.len(),
+                        if files.len() == 1 { "" } else { "s" },
+                        files.join(", ")
+                    );
+                }
+                read.images
             }
         });
         self.loaded
@@ -138,6 +148,10 @@ impl Catalog {
                 generated::class_counts(&spec.generated.clone().unwrap_or_default(), split)
             }
             DatasetFormat::Idx => count(&idx::checked_labels(dir_of(spec, name)?, split)?),
+            // What is skipped is known only once decoded.
+            DatasetFormat::ImageFolder if spec.skip_unreadable => {
+                self.images(name, split)?.class_counts()
+            }
             DatasetFormat::ImageFolder => {
                 folder::class_counts(&folder::list(dir_of(spec, name)?, split, spec.holdout)?)
             }
@@ -211,8 +225,9 @@ impl Catalog {
         let len = images.shape.values();
         let plane = images.shape.height * images.shape.width;
         let channels = images.shape.channels;
-        let mean: Vec<f32> = (0..channels).map(|c| spec.mean.get(c) as f32).collect();
-        let std: Vec<f32> = (0..channels).map(|c| spec.std.get(c) as f32).collect();
+        let (mean, std) = spec.standardisation();
+        let mean: Vec<f32> = (0..channels).map(|c| mean.get(c) as f32).collect();
+        let std: Vec<f32> = (0..channels).map(|c| std.get(c) as f32).collect();
         let mut pixels = Vec::with_capacity(chosen.len() * len);
         for &(index, _) in &chosen {
             let image = &images.pixels[index * len..(index + 1) * len];

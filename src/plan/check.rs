@@ -269,16 +269,36 @@ fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), In
         }
         _ => {}
     }
-    for (key, values, positive) in [
-        ("mean", dataset.mean.values(), false),
-        ("std", dataset.std.values(), true),
-    ] {
+    if dataset.skip_unreadable && dataset.format != DatasetFormat::ImageFolder {
+        return Err(at(
+            &format!("{path}.skip_unreadable"),
+            "`skip_unreadable` applies only to format `image_folder`".into(),
+        ));
+    }
+    if let Some(preset) = dataset.normalize {
+        let name = serde_json::to_value(preset).expect("a name");
+        let name = name.as_str().expect("a name");
+        if dataset.mean != PerChannel::All(0.0) || dataset.std != PerChannel::All(1.0) {
+            return Err(at(
+                &format!("{path}.normalize"),
+                format!("`normalize: {name}` sets the mean and std, and so do `mean` and `std`"),
+            )
+            .with_help("give either `normalize` or `mean` and `std`"));
+        }
+        if channels != 3 {
+            return Err(at(
+                &format!("{path}.normalize"),
+                format!("`normalize: {name}` is for RGB images, but these have {channels} channel"),
+            )
+            .with_help("add `channels: 3` (grey images are repeated into RGB)"));
+        }
+    }
+    let (mean, std) = dataset.standardisation();
+    for (key, given, positive) in [("mean", &mean, false), ("std", &std, true)] {
+        let values = given.values();
         let at_key = format!("{path}.{key}");
-        if let PerChannel::Each(list) = if positive {
-            &dataset.std
-        } else {
-            &dataset.mean
-        } && list.len() != channels
+        if let PerChannel::Each(list) = given
+            && list.len() != channels
         {
             return Err(at(
                 &at_key,

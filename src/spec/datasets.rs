@@ -22,8 +22,12 @@ pub struct DatasetSpec {
     /// Options of the built-in generated domain (`generated` only).
     #[serde(default)]
     pub generated: Option<GeneratedSpec>,
+    /// A named standardisation instead of `mean` and `std`: `imagenet` (mean 0.485, 0.456,
+    /// 0.406; std 0.229, 0.224, 0.225; RGB), what ImageNet weights expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalization>,
     /// Mean subtracted from inputs after scaling them to [0, 1]: one number, or one per channel
-    /// (ImageNet models: [0.485, 0.456, 0.406]).
+    /// (ImageNet models: [0.485, 0.456, 0.406], or `normalize: imagenet`).
     #[serde(default)]
     pub mean: PerChannel,
     /// Standard deviation inputs are divided by after subtracting the mean: one number, or one
@@ -43,6 +47,32 @@ pub struct DatasetSpec {
     /// as the test split (chosen by a hash of each file's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout: Option<f64>,
+    /// `image_folder`: skip images that cannot be decoded, and list them, instead of refusing
+    /// the spec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unreadable: bool,
+}
+
+/// Named standardisations (`normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalization {
+    /// ImageNet's per-channel mean and standard deviation, as torchvision's models use.
+    Imagenet,
+}
+
+impl DatasetSpec {
+    /// The mean and standard deviation inputs are standardised with: `normalize`'s, or
+    /// `mean` and `std`.
+    pub fn standardisation(&self) -> (PerChannel, PerChannel) {
+        match self.normalize {
+            Some(Normalization::Imagenet) => (
+                PerChannel::Each(vec![0.485, 0.456, 0.406]),
+                PerChannel::Each(vec![0.229, 0.224, 0.225]),
+            ),
+            None => (self.mean.clone(), self.std.clone()),
+        }
+    }
 }
 
 /// A normalisation value: one number for every channel, or one per channel.
@@ -179,6 +209,8 @@ pub fn builtin_dataset() -> DatasetSpec {
         image_size: None,
         channels: None,
         holdout: None,
+        normalize: None,
+        skip_unreadable: false,
     }
 }
 fn default_domain_seed() -> u64 {
