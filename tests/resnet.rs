@@ -311,3 +311,33 @@ fn an_efficientnet_checkpoint_does_not_feed_a_resnet() {
         assert!(ran.stderr.contains(part), "{part}: {}", ran.stderr);
     }
 }
+
+/// A timm ResNet in the Hugging Face cache, as the hub libraries lay it out, is found by
+/// `hub: timm/NAME` and read in timm's (torchvision's) names.
+#[test]
+fn a_timm_resnet_in_the_hugging_face_cache_is_found_and_read() {
+    let test = Test::new();
+    let snapshot = test.join("hf/models--timm--resnet18.a1_in1k/snapshots/r1");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(test.join("hf/models--timm--resnet18.a1_in1k/refs")).unwrap();
+    std::fs::write(
+        test.join("hf/models--timm--resnet18.a1_in1k/refs/main"),
+        "r1",
+    )
+    .unwrap();
+    write_checkpoint(&snapshot, Arch::Resnet18, |_| {});
+    let spec = spec(Path::new("unused"), "[transfer]", "")
+        .replace("{checkpoint: unused}", "{hub: timm/resnet18.a1_in1k}");
+    let cache = test.join("hf").to_str().unwrap().to_string();
+    let test = test.file("hub.yaml", spec).env("HF_HUB_CACHE", &cache);
+    let ran = test.run(&["plan", "hub.yaml"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = test.run(&["run", "hub.yaml", "--device", "cpu"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("(torchvision's (timm's) layout): 100 tensors mapped"),
+        "{}",
+        ran.stderr
+    );
+}
