@@ -127,12 +127,15 @@ fn normalise_on_cpu(x: &Tensor, epsilon: f64) -> candle_core::Result<(Tensor, Te
 /// variance, then (x - mean) / sqrt(variance + epsilon), and its gradient
 /// dx = (dy - mean(dy) - x̂ mean(dy x̂)) / sqrt(variance + epsilon), each channel's sums in f64.
 /// In tensor operations it was eight full-size allocations forward and more backward.
+/// A batch's mean and (biased) variance, per channel.
+type Statistics = (Vec<f32>, Vec<f32>);
+
 #[derive(Clone)]
 struct Normalise {
     epsilon: f64,
     /// The batch's mean and variance per channel, from the forward pass; shared by the clone
     /// given to candle and the caller's.
-    statistics: Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>,
+    statistics: Arc<Mutex<Option<Statistics>>>,
 }
 
 impl Normalise {
