@@ -116,7 +116,8 @@ impl Catalog {
                 if !read.skipped.is_empty() {
                     let files: Vec<String> = read.skipped.iter().map(|p| shown(p)).collect();
                     tracing::warn!(
-                        "dataset `{name}` ({split:?} split): skipped {} unreadable image{} (skip_unreadable): {}",
+                        "dataset `{name}`, {} split: skipped {} unreadable image{} (skip_unreadable): {}",
+                        split.name(),
                         files.len(),
                         if files.len() == 1 { "" } else { "s" },
                         files.join(", ")

@@ -123,13 +123,13 @@ fn normalise_on_cpu(x: &Tensor, epsilon: f64) -> candle_core::Result<(Tensor, Te
     Ok((normalised, mean, variance))
 }
 
+/// A batch's mean and (biased) variance, per channel.
+type Statistics = (Vec<f32>, Vec<f32>);
+
 /// Training mode's normalisation on the CPU, as one op: per-channel batch mean and (biased)
 /// variance, then (x - mean) / sqrt(variance + epsilon), and its gradient
 /// dx = (dy - mean(dy) - x̂ mean(dy x̂)) / sqrt(variance + epsilon), each channel's sums in f64.
 /// In tensor operations it was eight full-size allocations forward and more backward.
-/// A batch's mean and (biased) variance, per channel.
-type Statistics = (Vec<f32>, Vec<f32>);
-
 #[derive(Clone)]
 struct Normalise {
     epsilon: f64,
@@ -161,10 +161,9 @@ impl Normalise {
     }
 }
 
-/// Sums over each channel's values of an NCHW slice: `f(plane of x, plane of y)` per plane,
-/// added up per channel, channels in parallel.
-fn per_channel_sums(shape: (usize, usize, usize), f: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
-    let (batch, channels, _) = shape;
+/// Per channel of an NCHW tensor, the sum of `f(plane)` over its planes (plane = n * C + c),
+/// channels in parallel.
+fn per_channel_sums(batch: usize, channels: usize, f: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
     (0..channels)
         .into_par_iter()
         .map(|c| (0..batch).map(|n| f(n * channels + c)).sum())
@@ -185,12 +184,12 @@ impl CustomOp1 for Normalise {
         };
         let count = (batch * plane) as f64;
         let of = |p: usize| &xs[p * plane..][..plane];
-        let shape = (batch, channels, plane);
-        let mean: Vec<f64> = per_channel_sums(shape, |p| of(p).iter().map(|&v| v as f64).sum())
-            .into_iter()
-            .map(|sum| sum / count)
-            .collect();
-        let variance: Vec<f64> = per_channel_sums(shape, |p| {
+        let mean: Vec<f64> =
+            per_channel_sums(batch, channels, |p| of(p).iter().map(|&v| v as f64).sum())
+                .into_iter()
+                .map(|sum| sum / count)
+                .collect();
+        let variance: Vec<f64> = per_channel_sums(batch, channels, |p| {
             let m = mean[p % channels];
             of(p).iter().map(|&v| (v as f64 - m).powi(2)).sum()
         })
@@ -222,11 +221,11 @@ impl CustomOp1 for Normalise {
         let flat = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
         let (xhat, g) = (flat(normalised)?, flat(grad)?);
         let count = (batch * plane) as f64;
-        let shape = (batch, channels, plane);
         let range = |p: usize| p * plane..(p + 1) * plane;
-        let mean_g: Vec<f64> =
-            per_channel_sums(shape, |p| g[range(p)].iter().map(|&v| v as f64).sum());
-        let mean_gx: Vec<f64> = per_channel_sums(shape, |p| {
+        let sum_g = per_channel_sums(batch, channels, |p| {
+            g[range(p)].iter().map(|&v| v as f64).sum()
+        });
+        let sum_gx = per_channel_sums(batch, channels, |p| {
             (g[range(p)].iter().zip(&xhat[range(p)]))
                 .map(|(&a, &b)| a as f64 * b as f64)
                 .sum()
@@ -237,7 +236,7 @@ impl CustomOp1 for Normalise {
         dx.par_chunks_mut(plane).enumerate().for_each(|(p, dx)| {
             let c = p % channels;
             let scale = self.scale(variance[c]);
-            let (mg, mgx) = ((mean_g[c] / count) as f32, (mean_gx[c] / count) as f32);
+            let (mg, mgx) = ((sum_g[c] / count) as f32, (sum_gx[c] / count) as f32);
             for ((d, &gv), &xv) in dx.iter_mut().zip(&g[range(p)]).zip(&xhat[range(p)]) {
                 *d = (gv - mg - xv * mgx) * scale;
             }

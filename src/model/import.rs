@@ -41,6 +41,13 @@ impl From<CheckpointLayout> for Layout {
 }
 
 impl Layout {
+    /// Every layout.
+    pub const ALL: [Layout; 3] = [
+        Layout::Xferlab,
+        Layout::EfficientNetPytorch,
+        Layout::Torchvision,
+    ];
+
     /// Whether `name` is one only this layout uses (xferlab's own has none).
     fn marks(self, name: &str) -> bool {
         match self {
@@ -54,7 +61,7 @@ impl Layout {
 
     /// Tells the layout from the names.
     pub fn detect(state: &StateDict) -> Layout {
-        [Layout::EfficientNetPytorch, Layout::Torchvision]
+        Layout::ALL
             .into_iter()
             .find(|layout| state.tensors.iter().any(|(name, _)| layout.marks(name)))
             .unwrap_or(Layout::Xferlab)
@@ -66,6 +73,17 @@ impl Layout {
             Layout::Xferlab => "xferlab's own",
             Layout::EfficientNetPytorch => "EfficientNet-PyTorch's",
             Layout::Torchvision => "torchvision's (timm's)",
+        }
+    }
+
+    /// Its names, for people.
+    pub fn example(self) -> &'static str {
+        match self {
+            Layout::Xferlab => "b1..., as xferlab saves",
+            Layout::EfficientNetPytorch => {
+                "_conv_stem.weight, _blocks.N..., as published with the ImageNet weights"
+            }
+            Layout::Torchvision => "conv1.weight, layer1.0.conv1.weight, ...",
         }
     }
 

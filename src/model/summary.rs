@@ -121,22 +121,11 @@ pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summ
         });
     }
     let features = tensors["head.weight"].dims()[1];
-    let layouts = [
-        (Layout::Xferlab, "b1..., as xferlab saves"),
-        (
-            Layout::EfficientNetPytorch,
-            "_conv_stem.weight, _blocks.N..., as published with the ImageNet weights",
-        ),
-        (
-            Layout::Torchvision,
-            "conv1.weight, layer1.0.conv1.weight, ...",
-        ),
-    ]
-    .into_iter()
-    .filter(|(layout, _)| layout.reads(model.arch))
-    .map(|(layout, example)| format!("{} ({example})", layout.name()))
-    .collect::<Vec<_>>()
-    .join(", ");
+    let layouts = (Layout::ALL.into_iter())
+        .filter(|layout| layout.reads(model.arch))
+        .map(|layout| format!("{} ({})", layout.name(), layout.example()))
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(Summary {
         model: model.clone(),
         input,

@@ -276,8 +276,9 @@ fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), In
         ));
     }
     if let Some(preset) = dataset.normalize {
-        let name = serde_json::to_value(preset).expect("a name");
-        let name = name.as_str().expect("a name");
+        let name = match preset {
+            Normalization::Imagenet => "imagenet",
+        };
         if dataset.mean != PerChannel::All(0.0) || dataset.std != PerChannel::All(1.0) {
             return Err(at(
                 &format!("{path}.normalize"),
@@ -454,7 +455,7 @@ fn check_selection(
                 &format!("{path}.classes.{i}"),
                 format!(
                     "class {class} is not in the {} split of `{}`",
-                    split_name(selection.split),
+                    selection.split.name(),
                     selection.dataset
                 ),
             )
@@ -477,7 +478,7 @@ fn check_selection(
                 &format!("{path}.per_class"),
                 format!(
                     "per_class {per_class} is more than class {class} has: {have} images in the {} split of `{}`",
-                    split_name(selection.split),
+                    selection.split.name(),
                     selection.dataset
                 ),
             )
@@ -485,11 +486,4 @@ fn check_selection(
         }
     }
     Ok(())
-}
-
-fn split_name(split: Split) -> &'static str {
-    match split {
-        Split::Train => "train",
-        Split::Test => "test",
-    }
 }
