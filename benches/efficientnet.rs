@@ -31,10 +31,7 @@ fn median_seconds(mut run: impl FnMut() -> Result<()>) -> Result<f64> {
 fn main() -> Result<()> {
     // SAFETY: first thing in main, no other thread yet.
     unsafe { xferlab::device::prepare_process() };
-    let model = ModelSpec {
-        arch: Arch::EfficientnetLite0,
-        hidden: None,
-    };
+    let model = ModelSpec::plain(Arch::EfficientnetLite0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("EfficientNet-Lite0 forward, inference mode, batch {BATCH}, CPU ({threads} threads)");
     for size in [224, 32] {

@@ -123,10 +123,7 @@ fn agreement(device: &Device) -> Result<f32> {
 }
 
 fn cnn6(device: &Device) -> Result<Network> {
-    let model = ModelSpec {
-        arch: Arch::Cnn6,
-        hidden: None,
-    };
+    let model = ModelSpec::plain(Arch::Cnn6);
     let shape = ImageShape {
         channels: 1,
         height: 28,

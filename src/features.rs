@@ -197,8 +197,8 @@ mod tests {
     /// An MLP whose block 1 has 4 outputs: 16 bytes of features per image.
     fn net() -> Network {
         let model = ModelSpec {
-            arch: Arch::Mlp,
             hidden: Some(vec![4, 2]),
+            ..ModelSpec::plain(Arch::Mlp)
         };
         let shape = ImageShape {
             channels: 1,

@@ -309,8 +309,8 @@ mod freezing_tests {
 
     fn mlp() -> ModelSpec {
         ModelSpec {
-            arch: Arch::Mlp,
             hidden: Some(vec![16, 8]),
+            ..ModelSpec::plain(Arch::Mlp)
         }
     }
 
@@ -419,10 +419,7 @@ mod freezing_tests {
 
     #[test]
     fn cached_features_train_a_cnn_like_its_frozen_blocks_every_step() {
-        let cnn6 = ModelSpec {
-            arch: Arch::Cnn6,
-            hidden: None,
-        };
+        let cnn6 = ModelSpec::plain(Arch::Cnn6);
         caching_changes_nothing(cnn6.clone(), 8, 2);
         caching_changes_nothing(cnn6, 8, 4);
     }

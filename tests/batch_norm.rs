@@ -16,10 +16,7 @@ use xferlab::train::{Fit, evaluate, fit};
 #[test]
 fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() {
     let device = Device::Cpu;
-    let model = ModelSpec {
-        arch: Arch::EfficientnetLite0,
-        hidden: None,
-    };
+    let model = ModelSpec::plain(Arch::EfficientnetLite0);
     let shape = ImageShape {
         channels: 3,
         height: 32,

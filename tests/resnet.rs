@@ -56,7 +56,7 @@ fn value(name: &str, shape: &[usize], stream: u64) -> Tensor {
 }
 
 fn model(arch: Arch) -> ModelSpec {
-    ModelSpec { arch, hidden: None }
+    ModelSpec::plain(arch)
 }
 
 /// The generator's state dict under torchvision's names, `num_batches_tracked` included,

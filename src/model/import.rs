@@ -170,6 +170,7 @@ pub fn arch_name(arch: Arch) -> &'static str {
         Arch::Resnet18 => "resnet18",
         Arch::Resnet34 => "resnet34",
         Arch::Resnet50 => "resnet50",
+        Arch::Bert => "bert",
     }
 }
 

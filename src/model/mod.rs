@@ -5,6 +5,7 @@
 //! tensors whose names start with `b1.`..`bt.`, and a checkpoint is a plain safetensors file.
 
 pub mod batch_norm;
+pub mod bert;
 pub mod conv;
 pub mod depthwise;
 pub mod efficientnet;
@@ -37,6 +38,8 @@ pub fn block_count(model: &ModelSpec) -> usize {
         Arch::Cnn6 => CNN6_BLOCKS,
         Arch::EfficientnetLite0 => efficientnet::BLOCKS,
         Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => resnet::BLOCKS,
+        // The embeddings and the encoder layers; the config is there once the spec is loaded.
+        Arch::Bert => model.config.as_ref().map_or(0, |c| c.num_hidden_layers + 1),
     }
 }
 
@@ -216,6 +219,7 @@ impl Network {
                 pool = true;
                 depth.features()
             }
+            Arch::Bert => candle_core::bail!("bert is not built yet"),
         };
         let head = p.linear("head", features, classes)?;
         Ok(Network {
@@ -344,10 +348,7 @@ mod tests {
     use super::*;
 
     fn cnn6() -> ModelSpec {
-        ModelSpec {
-            arch: Arch::Cnn6,
-            hidden: None,
-        }
+        ModelSpec::plain(Arch::Cnn6)
     }
 
     #[test]
@@ -373,8 +374,8 @@ mod tests {
     #[test]
     fn freezing_leaves_the_prefix_out_and_transfer_copies_only_it() {
         let model = ModelSpec {
-            arch: Arch::Mlp,
             hidden: Some(vec![8, 8, 4]),
+            ..ModelSpec::plain(Arch::Mlp)
         };
         let shape = ImageShape {
             channels: 1,

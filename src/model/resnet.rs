@@ -41,7 +41,7 @@ pub fn depth(arch: Arch) -> Option<Depth> {
         Arch::Resnet18 => ([2, 2, 2, 2], false),
         Arch::Resnet34 => ([3, 4, 6, 3], false),
         Arch::Resnet50 => ([3, 4, 6, 3], true),
-        Arch::Mlp | Arch::Cnn6 | Arch::EfficientnetLite0 => return None,
+        Arch::Mlp | Arch::Cnn6 | Arch::EfficientnetLite0 | Arch::Bert => return None,
     };
     Some(Depth { units, bottleneck })
 }

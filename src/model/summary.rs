@@ -54,46 +54,16 @@ pub fn examples() -> Vec<(ModelSpec, ImageShape)> {
     vec![
         (
             ModelSpec {
-                arch: Arch::Mlp,
                 hidden: Some(vec![128, 64]),
+                ..ModelSpec::plain(Arch::Mlp)
             },
             grey,
         ),
-        (
-            ModelSpec {
-                arch: Arch::Cnn6,
-                hidden: None,
-            },
-            grey,
-        ),
-        (
-            ModelSpec {
-                arch: Arch::EfficientnetLite0,
-                hidden: None,
-            },
-            rgb,
-        ),
-        (
-            ModelSpec {
-                arch: Arch::Resnet18,
-                hidden: None,
-            },
-            rgb,
-        ),
-        (
-            ModelSpec {
-                arch: Arch::Resnet34,
-                hidden: None,
-            },
-            rgb,
-        ),
-        (
-            ModelSpec {
-                arch: Arch::Resnet50,
-                hidden: None,
-            },
-            rgb,
-        ),
+        (ModelSpec::plain(Arch::Cnn6), grey),
+        (ModelSpec::plain(Arch::EfficientnetLite0), rgb),
+        (ModelSpec::plain(Arch::Resnet18), rgb),
+        (ModelSpec::plain(Arch::Resnet34), rgb),
+        (ModelSpec::plain(Arch::Resnet50), rgb),
     ]
 }
 
@@ -185,5 +155,6 @@ fn insides(model: &ModelSpec, input: ImageShape) -> Vec<String> {
             all.extend((0..4).map(|layer| depth.describe(layer)));
             all
         }
+        Arch::Bert => Vec::new(),
     }
 }

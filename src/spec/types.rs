@@ -85,6 +85,18 @@ pub enum Domain {
     /// Image tensors (channels x height x width).
     #[default]
     Vision,
+    /// Texts, tokenised for a pretrained encoder (`model: {arch: bert}`).
+    Text,
+}
+
+impl Domain {
+    /// The domain as a spec writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Vision => "vision",
+            Domain::Text => "text",
+        }
+    }
 }
 
 /// Architecture of the network.
@@ -96,6 +108,54 @@ pub struct ModelSpec {
     /// Hidden layer widths of `mlp`, one block each.
     #[serde(default)]
     pub hidden: Option<Vec<usize>>,
+    /// `bert`: how the encoder's token vectors become one vector for the head: `mean` over
+    /// the real tokens or the `cls` token's. Default: what the model folder's
+    /// `1_Pooling/config.json` declares (sentence-transformers models), else `cls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    /// `bert`: texts are cut to this many tokens, [CLS] and [SEP] included (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// `bert`: the encoder's shape, Hugging Face's `config.json`; read from the source's model
+    /// folder when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::model::bert::BertConfig>,
+    /// `bert`: the Hugging Face `tokenizer.json` texts are tokenised with; the source's model
+    /// folder's when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Default `max_length` of `bert`.
+pub const DEFAULT_MAX_LENGTH: usize = 128;
+
+impl ModelSpec {
+    /// A model with no options beyond its architecture.
+    pub fn plain(arch: Arch) -> Self {
+        ModelSpec {
+            arch,
+            hidden: None,
+            pooling: None,
+            max_length: None,
+            config: None,
+            tokenizer: None,
+        }
+    }
+
+    /// Tokens per text, at most (`bert`).
+    pub fn max_length(&self) -> usize {
+        self.max_length.unwrap_or(DEFAULT_MAX_LENGTH)
+    }
+}
+
+/// How a text encoder's token vectors become one vector (`model.pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The mean of the real tokens' vectors (the attention mask's), as sentence-transformers.
+    Mean,
+    /// The first token's, [CLS], as BERT's classifiers.
+    Cls,
 }
 
 /// Architectures in the model zoo.
@@ -117,6 +177,10 @@ pub enum Arch {
     Resnet34,
     /// ResNet-50, as `resnet18` with 3, 4, 6, 3 bottleneck blocks per layer (2048 features).
     Resnet50,
+    /// A BERT-family text encoder (`domain: text`; Hugging Face's `model_type: bert`): b1 the
+    /// embeddings, b2..b(L+1) the L encoder layers, then pooling; its shape and tokenizer
+    /// come from the source's model folder (`config.json`, `tokenizer.json`).
+    Bert,
 }
 
 /// Where the source model comes from: exactly one of `pretrain` or `checkpoint`.

@@ -191,10 +191,7 @@ impl EfficientNetLite {
         tensors: &HashMap<String, Tensor>,
         classes: usize,
     ) -> Result<Self, Mismatch> {
-        let model = ModelSpec {
-            arch: Arch::EfficientnetLite0,
-            hidden: None,
-        };
+        let model = ModelSpec::plain(Arch::EfficientnetLite0);
         let shape = ImageShape {
             channels: 3,
             height: IMAGE_SIZE,
@@ -277,10 +274,7 @@ mod tests {
             panic!("built from nothing");
         };
         assert_eq!((name.as_str(), block), ("b1.bn.bias", 1));
-        let model = ModelSpec {
-            arch: Arch::EfficientnetLite0,
-            hidden: None,
-        };
+        let model = ModelSpec::plain(Arch::EfficientnetLite0);
         let shape = ImageShape {
             channels: 3,
             height: 32,
