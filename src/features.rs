@@ -151,10 +151,16 @@ impl FeatureCache {
             for chunk in missing.chunks(CHUNK) {
                 let mut at: Vec<u32> = chunk.iter().map(|i| position[i]).collect();
                 at.resize(CHUNK, at[0]);
-                let x = data
-                    .inputs
-                    .index_select(&Tensor::new(at, data.inputs.device())?, 0)?;
-                let out = net.forward_blocks(&x, 0..key.depth, Mode::Infer)?.detach();
+                let at = Tensor::new(at, data.inputs.device())?;
+                let x = data.inputs.index_select(&at, 0)?;
+                let mask = data
+                    .mask
+                    .as_ref()
+                    .map(|m| m.index_select(&at, 0))
+                    .transpose()?;
+                let out = net
+                    .forward_blocks(&x, mask.as_ref(), 0..key.depth, Mode::Infer)?
+                    .detach();
                 parts.push(out.narrow(0, 0, chunk.len())?);
             }
             tracing::debug!(
@@ -182,7 +188,9 @@ impl FeatureCache {
 
 /// Bytes of one image's features at `depth`.
 fn row_size(net: &Network, data: &Batchable, depth: usize) -> candle_core::Result<usize> {
-    let one = net.forward_blocks(&data.inputs.narrow(0, 0, 1)?, 0..depth, Mode::Infer)?;
+    let mask = data.mask.as_ref().map(|m| m.narrow(0, 0, 1)).transpose()?;
+    let first = data.inputs.narrow(0, 0, 1)?;
+    let one = net.forward_blocks(&first, mask.as_ref(), 0..depth, Mode::Infer)?;
     Ok(one.elem_count() * DType::F32.size_in_bytes())
 }
 
@@ -213,6 +221,7 @@ mod tests {
         let pixels: Vec<f32> = images.iter().flat_map(|&i| [i as f32; 4]).collect();
         Batchable {
             inputs: Tensor::from_vec(pixels, (images.len(), 1, 2, 2), &Device::Cpu).unwrap(),
+            mask: None,
             targets: Tensor::zeros(images.len(), DType::U32, &Device::Cpu).unwrap(),
             classes: 2,
             images: images.to_vec(),
@@ -257,7 +266,7 @@ mod tests {
             "images 4 and 3"
         );
         let direct = net
-            .forward_blocks(&data(&[4, 9, 3]).inputs, 0..1, Mode::Infer)
+            .forward_blocks(&data(&[4, 9, 3]).inputs, None, 0..1, Mode::Infer)
             .unwrap();
         for (cached, direct) in again.iter().zip(direct.to_vec2::<f32>().unwrap()) {
             for (a, b) in cached.iter().zip(direct) {

@@ -123,11 +123,11 @@ impl Sources {
             say(&format!("pretraining source model {hash}"));
             let started = Instant::now();
             let seed = |purpose| derive_seed(pretrain.seed, purpose);
-            let data = catalog.select(&pretrain.data, seed("data"), &self.device)?;
-            let shape = catalog.shape(&pretrain.data.dataset)?;
+            let data = catalog.select(&pretrain.data, &config.model, seed("data"), &self.device)?;
+            let input = catalog.input(&pretrain.data.dataset)?;
             let net = Network::new(
                 &config.model,
-                shape,
+                input,
                 data.classes,
                 seed("init"),
                 &self.device,
@@ -233,8 +233,8 @@ pub fn check_checkpoint(config: &TrialConfig, catalog: &Catalog) -> Result<()> {
         return Ok(());
     };
     let mapped = read_checkpoint(path, config.model.arch, source.layout)?;
-    let shape = catalog.shape(&config.target.train.dataset)?;
-    let net = Network::new(&config.model, shape, 1, 0, &Device::Cpu)?;
+    let input = catalog.input(&config.target.train.dataset)?;
+    let net = Network::new(&config.model, input, 1, 0, &Device::Cpu)?;
     net.transfer_from(&mapped.tensors, config.transfer_depth)
         .map_err(|mismatch| {
             let theirs = mismatch

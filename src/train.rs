@@ -15,6 +15,8 @@ use crate::spec::TrainSpec;
 
 /// Images per evaluation batch.
 const EVAL_BATCH: usize = 1024;
+/// Texts per evaluation batch: a text is a sequence of token vectors, each with its attention.
+const EVAL_TEXT_BATCH: usize = 128;
 
 /// Mean training loss over the steps since the previous point.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -159,14 +161,20 @@ pub fn fit(
             ));
         }
         let (taken, rows) = upcoming.as_ref().expect("uploaded at the first step");
-        let mut x = inputs.index_select(&rows.get(within)?, 0)?;
+        let examples = taken.get(within)?;
+        let x = inputs.index_select(&rows.get(within)?, 0)?;
+        let mask = (data.mask.as_ref())
+            .map(|m| m.index_select(&examples, 0))
+            .transpose()?;
+        let (mut x, mask) = trimmed(x, mask, first_block < blocks)?;
         if first_block < freeze_depth {
             x = net
-                .forward_blocks(&x, 0..freeze_depth, Mode::Infer)?
+                .forward_blocks(&x, mask.as_ref(), 0..freeze_depth, Mode::Infer)?
                 .detach();
         }
-        let logits = net.head(&net.forward_blocks(&x, freeze_depth..blocks, Mode::Train)?)?;
-        let loss = cross_entropy(&logits, &data.targets.index_select(&taken.get(within)?, 0)?)?;
+        let last = net.forward_blocks(&x, mask.as_ref(), freeze_depth..blocks, Mode::Train)?;
+        let logits = net.head(&last)?;
+        let loss = cross_entropy(&logits, &data.targets.index_select(&examples, 0)?)?;
         optimizer.backward_step(&loss)?;
         loss_sum = Some(match loss_sum {
             Some(sum) => (sum + loss.detach())?,
@@ -183,6 +191,21 @@ pub fn fit(
         return Ok(Fit::Diverged { step, curve });
     }
     Ok(Fit::Done(curve))
+}
+
+/// A batch of texts cut to its longest text (padding sits at the end): the mask always, the
+/// inputs when they still are token ids or token vectors (`tokens`), not pooled vectors.
+fn trimmed(
+    x: Tensor,
+    mask: Option<Tensor>,
+    tokens: bool,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let Some(mask) = mask else {
+        return Ok((x, None));
+    };
+    let longest = mask.sum(1)?.max(0)?.to_scalar::<f32>()? as usize;
+    let x = if tokens { x.narrow(1, 0, longest)? } else { x };
+    Ok((x, Some(mask.narrow(1, 0, longest)?)))
 }
 
 /// Moves the curve points still on the device to `curve`, up to the first whose loss is not
@@ -220,19 +243,25 @@ pub fn evaluate(
     let blocks = net.block_count();
     let mut correct = Tensor::zeros((), DType::F32, device)?;
     let mut loss = Tensor::zeros((), DType::F32, device)?;
-    for start in (0..examples).step_by(EVAL_BATCH) {
-        let len = EVAL_BATCH.min(examples - start);
+    let batch = match data.mask {
+        Some(_) => EVAL_TEXT_BATCH,
+        None => EVAL_BATCH,
+    };
+    for start in (0..examples).step_by(batch) {
+        let len = batch.min(examples - start);
         let targets = data.targets.narrow(0, start, len)?;
-        let last = match features {
+        let mask = (data.mask.as_ref())
+            .map(|m| m.narrow(0, start, len))
+            .transpose()?;
+        let (x, first_block) = match features {
             Some(features) => {
                 let rows = Tensor::new(&features.rows[start..start + len], device)?;
-                let x = features.tensor.index_select(&rows, 0)?;
-                net.forward_blocks(&x, freeze_depth..blocks, Mode::Infer)?
+                (features.tensor.index_select(&rows, 0)?, freeze_depth)
             }
-            None => {
-                net.forward_blocks(&data.inputs.narrow(0, start, len)?, 0..blocks, Mode::Infer)?
-            }
+            None => (data.inputs.narrow(0, start, len)?, 0),
         };
+        let (x, mask) = trimmed(x, mask, first_block < blocks)?;
+        let last = net.forward_blocks(&x, mask.as_ref(), first_block..blocks, Mode::Infer)?;
         let logits = net.head(&last)?.detach();
         loss = (loss + (cross_entropy(&logits, &targets)? * len as f64)?)?;
         let hits = logits
@@ -289,6 +318,7 @@ mod freezing_tests {
         .unwrap();
         let data = Batchable {
             inputs,
+            mask: None,
             targets,
             classes: 3,
             // Images in some order other than their rows in the cache.
@@ -362,6 +392,7 @@ mod freezing_tests {
         };
         let part = Batchable {
             inputs: data.inputs.narrow(0, 10, 15).unwrap(),
+            mask: None,
             targets: data.targets.narrow(0, 10, 15).unwrap(),
             classes: 3,
             images: data.images[10..25].to_vec(),

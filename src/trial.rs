@@ -93,18 +93,20 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
     let data = TargetData {
         train: catalog.select(
             &config.target.train,
+            &config.model,
             derive_seed(config.seed, "target.train"),
             device,
         )?,
         eval: catalog.select(
             &config.target.eval,
+            &config.model,
             derive_seed(config.seed, "target.eval"),
             device,
         )?,
     };
     let net = Network::new(
         &config.model,
-        catalog.shape(&config.target.train.dataset)?,
+        catalog.input(&config.target.train.dataset)?,
         data.train.classes,
         derive_seed(config.seed, "init"),
         device,

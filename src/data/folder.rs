@@ -24,11 +24,49 @@ pub struct Listing {
     pub files: Vec<(PathBuf, u32)>,
 }
 
-/// Lists one split of the folder `root` without decoding anything.
-pub fn list(root: &Path, split: Split, holdout: Option<f64>) -> Result<Listing, InputError> {
+/// What a class folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// PNG and JPEG images (`image_folder`); other files are ignored.
+    Images,
+    /// Text documents (`text_folder`): every file.
+    Texts,
+}
+
+impl Kind {
+    fn holds(self, path: &Path) -> bool {
+        match self {
+            Kind::Images => is_image(path),
+            Kind::Texts => true,
+        }
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            Kind::Images => "image folder",
+            Kind::Texts => "text folder",
+        }
+    }
+
+    fn files(self) -> &'static str {
+        match self {
+            Kind::Images => "PNG or JPEG image",
+            Kind::Texts => "file",
+        }
+    }
+}
+
+/// Lists one split of the folder `root` without reading any file.
+pub fn list(
+    root: &Path,
+    split: Split,
+    holdout: Option<f64>,
+    kind: Kind,
+) -> Result<Listing, InputError> {
     if !root.is_dir() {
         return Err(InputError::new(format!(
-            "image folder {} does not exist",
+            "{} {} does not exist",
+            kind.folder(),
             shown(root)
         )));
     }
@@ -38,7 +76,8 @@ pub fn list(root: &Path, split: Split, holdout: Option<f64>) -> Result<Listing, 
         (false, Some(fraction)) => (root.to_path_buf(), Some(fraction)),
         (false, None) => {
             return Err(InputError::new(format!(
-                "image folder {} has no train/ and test/ folders",
+                "{} {} has no train/ and test/ folders",
+                kind.folder(),
                 shown(root)
             ))
             .with_help("split it into train/ and test/, or set `holdout: 0.2` to hold out a fifth of each class as the test split"));
@@ -47,8 +86,9 @@ pub fn list(root: &Path, split: Split, holdout: Option<f64>) -> Result<Listing, 
     let classes = subfolders(&dir)?;
     if classes.is_empty() {
         return Err(InputError::new(format!(
-            "{} has no class folders: images go in {}/<class>/<image>",
+            "{} has no class folders: {}s go in {}/<class>/<file>",
             shown(&dir),
+            kind.files(),
             shown(&dir)
         )));
     }
@@ -57,13 +97,14 @@ pub fn list(root: &Path, split: Split, holdout: Option<f64>) -> Result<Listing, 
         let folder = dir.join(class);
         let mut images: Vec<PathBuf> = entries(&folder)?
             .into_iter()
-            .filter(|p| p.is_file() && is_image(p))
+            .filter(|p| p.is_file() && kind.holds(p))
             .collect();
         images.sort();
         if images.is_empty() {
             return Err(InputError::new(format!(
-                "class folder {} holds no PNG or JPEG image",
-                shown(&folder)
+                "class folder {} holds no {}",
+                shown(&folder),
+                kind.files()
             )));
         }
         if let Some(fraction) = holdout {

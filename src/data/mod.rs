@@ -1,9 +1,12 @@
 //! Datasets: where images come from (generated, IDX, image folders), their size and
-//! channels as the model wants them, class subsets, sampling, tensors.
+//! channels as the model wants them; texts (folders, tables) tokenised for the model; class
+//! subsets, sampling, tensors.
 
 pub mod folder;
 mod generated;
 pub mod idx;
+pub mod text;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,7 +17,9 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{InputError, Result, shown};
-use crate::spec::{DataSelection, DatasetFormat, DatasetSpec, Split};
+use crate::spec::{DataSelection, DatasetFormat, DatasetSpec, ModelSpec, Split};
+use text::Texts;
+use tokens::Tokens;
 
 /// Channels, height and width of every image in a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,21 @@ impl ImageShape {
     /// Values per image.
     pub fn values(&self) -> usize {
         self.channels * self.height * self.width
+    }
+}
+
+/// What a network reads: images of one shape, or token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Images.
+    Image(ImageShape),
+    /// Token ids with an attention mask (the text domain).
+    Tokens,
+}
+
+impl From<ImageShape> for Input {
+    fn from(shape: ImageShape) -> Self {
+        Input::Image(shape)
     }
 }
 
@@ -60,11 +80,13 @@ pub(crate) fn count(labels: &[u32]) -> BTreeMap<u32, usize> {
     counts
 }
 
-/// Images and relabelled classes ready for training, on a device.
+/// Images or texts and relabelled classes ready for training, on a device.
 #[derive(Debug, Clone)]
 pub struct Batchable {
-    /// (N, C, H, W), standardised.
+    /// (N, C, H, W), standardised; or (N, S) token ids (u32), padded.
     pub inputs: Tensor,
+    /// Texts: (N, S), 1 for a real token and 0 for padding (f32).
+    pub mask: Option<Tensor>,
     /// (N,) class indices 0..classes, as u32.
     pub targets: Tensor,
     /// Number of classes.
@@ -77,8 +99,13 @@ pub struct Batchable {
 pub struct Catalog {
     specs: BTreeMap<String, DatasetSpec>,
     loaded: Mutex<HashMap<(String, Split), Arc<Images>>>,
+    texts: Mutex<HashMap<(String, Split), Arc<Texts>>>,
+    tokens: Mutex<HashMap<TokensKey, Arc<Tokens>>>,
     counts: Mutex<HashMap<(String, Split), BTreeMap<u32, usize>>>,
 }
+
+/// A split tokenised by one tokenizer at one `max_length`.
+type TokensKey = (String, Split, std::path::PathBuf, usize);
 
 impl Catalog {
     /// A catalog over the spec's datasets; nothing is read until asked.
@@ -86,6 +113,8 @@ impl Catalog {
         Catalog {
             specs: specs.clone(),
             loaded: Mutex::new(HashMap::new()),
+            texts: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
             counts: Mutex::new(HashMap::new()),
         }
     }
@@ -111,7 +140,12 @@ impl Catalog {
             DatasetFormat::Idx => fitted(idx::images(dir_of(spec, name)?, split)?, spec),
             DatasetFormat::ImageFolder => {
                 let shape = self.shape(name)?;
-                let listing = folder::list(dir_of(spec, name)?, split, spec.holdout)?;
+                let listing = folder::list(
+                    dir_of(spec, name)?,
+                    split,
+                    spec.holdout,
+                    folder::Kind::Images,
+                )?;
                 let read = folder::images(&listing, shape, spec.skip_unreadable)?;
                 if !read.skipped.is_empty() {
                     let files: Vec<String> = read.skipped.iter().map(|p| shown(p)).collect();
@@ -124,6 +158,11 @@ impl Catalog {
                     );
                 }
                 read.images
+            }
+            DatasetFormat::TextFolder | DatasetFormat::TextTable => {
+                return Err(InputError::new(format!(
+                    "dataset `{name}` holds texts, not images"
+                )));
             }
         });
         self.loaded
@@ -153,8 +192,14 @@ impl Catalog {
             DatasetFormat::ImageFolder if spec.skip_unreadable => {
                 self.images(name, split)?.class_counts()
             }
-            DatasetFormat::ImageFolder => {
-                folder::class_counts(&folder::list(dir_of(spec, name)?, split, spec.holdout)?)
+            DatasetFormat::ImageFolder => folder::class_counts(&folder::list(
+                dir_of(spec, name)?,
+                split,
+                spec.holdout,
+                folder::Kind::Images,
+            )?),
+            DatasetFormat::TextFolder | DatasetFormat::TextTable => {
+                count(&self.texts(name, split)?.labels)
             }
         };
         self.counts
@@ -162,6 +207,60 @@ impl Catalog {
             .expect("catalog lock")
             .insert(key, counts.clone());
         Ok(counts)
+    }
+
+    /// One split of a text dataset, read on first use.
+    pub fn texts(&self, name: &str, split: Split) -> Result<Arc<Texts>, InputError> {
+        let key = (name.to_string(), split);
+        if let Some(texts) = self.texts.lock().expect("catalog lock").get(&key) {
+            return Ok(texts.clone());
+        }
+        let spec = self.spec(name)?;
+        let texts = Arc::new(match spec.format {
+            DatasetFormat::TextFolder => text::folder(dir_of(spec, name)?, split, spec.holdout)?,
+            DatasetFormat::TextTable => text::table(spec, name, split)?,
+            _ => {
+                return Err(InputError::new(format!(
+                    "dataset `{name}` holds images, not texts"
+                )));
+            }
+        });
+        self.texts
+            .lock()
+            .expect("catalog lock")
+            .insert(key, texts.clone());
+        Ok(texts)
+    }
+
+    /// One split of a text dataset tokenised for `model`, once per tokenizer and length.
+    pub fn tokens(
+        &self,
+        name: &str,
+        split: Split,
+        model: &ModelSpec,
+    ) -> Result<Arc<Tokens>, InputError> {
+        let tokenizer = model.tokenizer.clone().ok_or_else(|| {
+            InputError::new("texts need a tokenizer: `model.tokenizer` or a model folder")
+        })?;
+        let key = (name.to_string(), split, tokenizer, model.max_length());
+        if let Some(tokens) = self.tokens.lock().expect("catalog lock").get(&key) {
+            return Ok(tokens.clone());
+        }
+        let texts = self.texts(name, split)?;
+        let tokens = Arc::new(tokens::tokenize(&texts.texts, &key.2, key.3)?);
+        self.tokens
+            .lock()
+            .expect("catalog lock")
+            .insert(key, tokens.clone());
+        Ok(tokens)
+    }
+
+    /// What a network reads from the dataset.
+    pub fn input(&self, name: &str) -> Result<Input, InputError> {
+        match self.spec(name)?.format.is_text() {
+            true => Ok(Input::Tokens),
+            false => self.shape(name).map(Input::Image),
+        }
     }
 
     /// The shape of the dataset's images, as the model sees them.
@@ -182,6 +281,11 @@ impl Catalog {
                     width: size,
                 }
             }
+            DatasetFormat::TextFolder | DatasetFormat::TextTable => {
+                return Err(InputError::new(format!(
+                    "dataset `{name}` holds texts, not images"
+                )));
+            }
         };
         let size = spec.image_size;
         Ok(ImageShape {
@@ -191,38 +295,38 @@ impl Catalog {
         })
     }
 
-    /// The selected subset as standardised tensors on `device`: classes relabelled in the order
-    /// given, `per_class` images of each drawn with `seed` (a smaller `per_class` with the same
-    /// seed draws a subset of a larger one).
+    /// The selected subset as tensors on `device` (images standardised, texts tokenised for
+    /// `model`): classes relabelled in the order given, `per_class` examples of each drawn
+    /// with `seed` (a smaller `per_class` with the same seed draws a subset of a larger one).
     pub fn select(
         &self,
         selection: &DataSelection,
+        model: &ModelSpec,
         seed: u64,
         device: &Device,
     ) -> Result<Batchable> {
         let spec = self.spec(&selection.dataset)?;
+        if spec.format.is_text() {
+            let texts = self.texts(&selection.dataset, selection.split)?;
+            let (chosen, classes) = choose(&texts.labels, selection, seed);
+            let tokens = self.tokens(&selection.dataset, selection.split, model)?;
+            let length = tokens.length;
+            let mut ids = Vec::with_capacity(chosen.len() * length);
+            let mut mask = Vec::with_capacity(chosen.len() * length);
+            for &(index, _) in &chosen {
+                ids.extend_from_slice(&tokens.ids[index * length..(index + 1) * length]);
+                let real = tokens.lengths[index] as usize;
+                mask.extend((0..length).map(|i| if i < real { 1f32 } else { 0.0 }));
+            }
+            return batchable(chosen, classes, device, |n| {
+                Ok((
+                    Tensor::from_vec(ids, (n, length), device)?,
+                    Some(Tensor::from_vec(mask, (n, length), device)?),
+                ))
+            });
+        }
         let images = self.images(&selection.dataset, selection.split)?;
-        let classes: Vec<u32> = match &selection.classes {
-            Some(classes) => classes.clone(),
-            None => images.class_counts().into_keys().collect(),
-        };
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes.len()];
-        let position: HashMap<u32, usize> =
-            classes.iter().enumerate().map(|(i, &c)| (c, i)).collect();
-        for (index, label) in images.labels.iter().enumerate() {
-            if let Some(&new_label) = position.get(label) {
-                by_class[new_label].push(index);
-            }
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut chosen: Vec<(usize, u32)> = Vec::new();
-        for (new_label, indices) in by_class.iter_mut().enumerate() {
-            if let Some(per_class) = selection.per_class {
-                indices.shuffle(&mut rng);
-                indices.truncate(per_class);
-            }
-            chosen.extend(indices.iter().map(|&i| (i, new_label as u32)));
-        }
+        let (chosen, classes) = choose(&images.labels, selection, seed);
         let len = images.shape.values();
         let plane = images.shape.height * images.shape.width;
         let channels = images.shape.channels;
@@ -236,19 +340,55 @@ impl Catalog {
                 (image.iter().enumerate()).map(|(i, p)| (p - mean[i / plane]) / std[i / plane]),
             );
         }
-        let targets: Vec<u32> = chosen.iter().map(|&(_, label)| label).collect();
         let shape = images.shape;
-        Ok(Batchable {
-            inputs: Tensor::from_vec(
-                pixels,
-                (chosen.len(), shape.channels, shape.height, shape.width),
-                device,
-            )?,
-            targets: Tensor::from_vec(targets, chosen.len(), device)?,
-            classes: classes.len(),
-            images: chosen.iter().map(|&(index, _)| index as u32).collect(),
+        batchable(chosen, classes, device, |n| {
+            let dims = (n, shape.channels, shape.height, shape.width);
+            Ok((Tensor::from_vec(pixels, dims, device)?, None))
         })
     }
+}
+
+/// The examples a selection takes, as (index in the split, new label), and its classes.
+fn choose(labels: &[u32], selection: &DataSelection, seed: u64) -> (Vec<(usize, u32)>, usize) {
+    let classes: Vec<u32> = match &selection.classes {
+        Some(classes) => classes.clone(),
+        None => count(labels).into_keys().collect(),
+    };
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes.len()];
+    let position: HashMap<u32, usize> = classes.iter().enumerate().map(|(i, &c)| (c, i)).collect();
+    for (index, label) in labels.iter().enumerate() {
+        if let Some(&new_label) = position.get(label) {
+            by_class[new_label].push(index);
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut chosen: Vec<(usize, u32)> = Vec::new();
+    for (new_label, indices) in by_class.iter_mut().enumerate() {
+        if let Some(per_class) = selection.per_class {
+            indices.shuffle(&mut rng);
+            indices.truncate(per_class);
+        }
+        chosen.extend(indices.iter().map(|&i| (i, new_label as u32)));
+    }
+    (chosen, classes.len())
+}
+
+/// A [`Batchable`] of the `chosen` examples, whose inputs (and mask) `inputs` makes.
+fn batchable(
+    chosen: Vec<(usize, u32)>,
+    classes: usize,
+    device: &Device,
+    inputs: impl FnOnce(usize) -> Result<(Tensor, Option<Tensor>)>,
+) -> Result<Batchable> {
+    let targets: Vec<u32> = chosen.iter().map(|&(_, label)| label).collect();
+    let (inputs, mask) = inputs(chosen.len())?;
+    Ok(Batchable {
+        inputs,
+        mask,
+        targets: Tensor::from_vec(targets, chosen.len(), device)?,
+        classes,
+        images: chosen.iter().map(|&(index, _)| index as u32).collect(),
+    })
 }
 
 fn dir_of<'a>(spec: &'a DatasetSpec, name: &str) -> Result<&'a std::path::Path, InputError> {

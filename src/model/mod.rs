@@ -20,7 +20,7 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
 
-use crate::data::ImageShape;
+use crate::data::{ImageShape, Input};
 use crate::spec::{Arch, ModelSpec};
 use batch_norm::is_running_statistic;
 use conv::Conv2d;
@@ -79,7 +79,12 @@ enum Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        _mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
         match self {
             Block::Layers(layers) => {
                 // mlp's and cnn6's layers behave alike in both modes.
@@ -161,14 +166,27 @@ pub struct Network {
 }
 
 impl Network {
-    /// Builds a freshly initialised network for `input` images and `classes` outputs.
+    /// Builds a freshly initialised network for `input` (images or tokens) and `classes`
+    /// outputs.
     pub fn new(
         model: &ModelSpec,
-        input: ImageShape,
+        input: impl Into<Input>,
         classes: usize,
         seed: u64,
         device: &Device,
     ) -> candle_core::Result<Self> {
+        let input = match (input.into(), model.arch) {
+            (Input::Image(shape), _) => shape,
+            // Texts have no image shape; only the text encoder reads them.
+            (Input::Tokens, Arch::Bert) => ImageShape {
+                channels: 0,
+                height: 0,
+                width: 0,
+            },
+            (Input::Tokens, arch) => {
+                candle_core::bail!("{} does not read texts", import::arch_name(arch))
+            }
+        };
         let mut p = Parameters::new(seed, device);
         let mut blocks = Vec::new();
         let mut pool = false;
@@ -235,16 +253,18 @@ impl Network {
         self.blocks.len()
     }
 
-    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f) in `mode`.
+    /// Runs blocks `range` (0-based: `0..f` is blocks 1..f) in `mode`; texts with their
+    /// attention mask.
     pub fn forward_blocks(
         &self,
         x: &Tensor,
+        mask: Option<&Tensor>,
         range: Range<usize>,
         mode: Mode,
     ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for block in &self.blocks[range] {
-            x = block.forward(&x, mode)?;
+            x = block.forward(&x, mask, mode)?;
         }
         Ok(x)
     }
@@ -258,9 +278,9 @@ impl Network {
         }
     }
 
-    /// Logits for a batch of images, in inference mode.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.head(&self.forward_blocks(x, 0..self.blocks.len(), Mode::Infer)?)
+    /// Logits for a batch of images (or texts with their mask), in inference mode.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.head(&self.forward_blocks(x, mask, 0..self.blocks.len(), Mode::Infer)?)
     }
 
     /// The variables the optimizer updates when blocks 1..`freeze_depth` are frozen: never

@@ -78,7 +78,7 @@ pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summ
     )?;
     let mut blocks = Vec::new();
     for (i, inside) in insides(model, input).into_iter().enumerate() {
-        x = net.forward_blocks(&x, i..i + 1, Mode::Infer)?;
+        x = net.forward_blocks(&x, None, i..i + 1, Mode::Infer)?;
         let parameters = (tensors.iter())
             .filter(|(name, _)| block_of(name) == Some(i + 1) && !is_running_statistic(name))
             .map(|(_, t)| t.elem_count())

@@ -45,6 +45,7 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         check_dataset(&format!("datasets.{name}"), dataset, at)?;
     }
     check_model(&spec.model, at)?;
+    check_domain(spec, at)?;
     if let Some(mlflow) = spec.tracking.as_ref().and_then(|t| t.mlflow.as_ref()) {
         crate::tracking::mlflow::Client::new(&mlflow.uri).map_err(|error| {
             at("tracking.mlflow.uri", error.to_string())
@@ -97,7 +98,9 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
         .with_help("give target.eval the same classes as target.train, in the same order"));
     }
 
-    check_images(&spec.model, &selections, catalog, at)?;
+    if spec.domain == Domain::Vision {
+        check_images(&spec.model, &selections, catalog, at)?;
+    }
 
     if spec.strategies.is_empty() {
         return Err(
@@ -164,7 +167,129 @@ pub fn selections(spec: &Spec) -> Vec<(&'static str, &DataSelection)> {
     all
 }
 
+/// The model and every dataset the spec reads belong to its domain.
+fn check_domain(spec: &Spec, at: Locate) -> Result<(), InputError> {
+    let text = spec.domain == Domain::Text;
+    if text != (spec.model.arch == Arch::Bert) {
+        let help = match text {
+            true => "the text domain's encoder is `arch: bert`",
+            false => "bert reads texts: set `domain: text`",
+        };
+        return Err(at(
+            "model.arch",
+            format!(
+                "{} is not a model of the {} domain",
+                crate::model::import::arch_name(spec.model.arch),
+                spec.domain.name()
+            ),
+        )
+        .with_help(help));
+    }
+    for (path, selection) in selections(spec) {
+        if let Some(dataset) = spec.datasets.get(&selection.dataset)
+            && dataset.format.is_text() != text
+        {
+            let holds = if text { "images" } else { "texts" };
+            return Err(at(
+                &format!("{path}.dataset"),
+                format!(
+                    "dataset `{}` holds {holds}, but the spec's domain is {}",
+                    selection.dataset,
+                    spec.domain.name()
+                ),
+            )
+            .with_help(match text {
+                true => "text datasets are `format: text_folder` or `format: text_table`",
+                false => "texts need `domain: text` and `model: {arch: bert}`",
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a text dataset's own keys, and that it has none of the image keys.
+fn check_text_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), InputError> {
+    let image_keys = [
+        ("image_size", dataset.image_size.is_some()),
+        ("channels", dataset.channels.is_some()),
+        ("normalize", dataset.normalize.is_some()),
+        ("mean", dataset.mean != PerChannel::All(0.0)),
+        ("std", dataset.std != PerChannel::All(1.0)),
+        ("skip_unreadable", dataset.skip_unreadable),
+        ("generated", dataset.generated.is_some()),
+    ];
+    if let Some((key, _)) = image_keys.iter().find(|(_, given)| *given) {
+        return Err(at(
+            &format!("{path}.{key}"),
+            format!("`{key}` applies only to image datasets"),
+        ));
+    }
+    match dataset.format {
+        DatasetFormat::TextFolder if dataset.dir.is_none() => Err(at(
+            path,
+            "a text_folder dataset needs `dir`, the folder of its class folders".into(),
+        )),
+        DatasetFormat::TextTable if dataset.file.is_none() => Err(at(
+            path,
+            "a text_table dataset needs `file`, a CSV or JSONL file of texts and labels".into(),
+        )
+        .with_help("e.g. file: reviews.csv, text_field: review, label_field: stars")),
+        DatasetFormat::TextTable if dataset.dir.is_some() => Err(at(
+            &format!("{path}.dir"),
+            "a text_table dataset reads `file` (and `test_file`), not `dir`".into(),
+        )),
+        DatasetFormat::TextTable if dataset.test_file.is_some() && dataset.holdout.is_some() => {
+            Err(at(
+                &format!("{path}.holdout"),
+                "`holdout` and `test_file` both give a test split".into(),
+            )
+            .with_help("give one of them"))
+        }
+        _ => {
+            let labels = dataset.labels.as_deref().unwrap_or(&[]);
+            if dataset.labels.is_some() && labels.is_empty() {
+                return Err(at(&format!("{path}.labels"), "`labels` is empty".into()));
+            }
+            for (i, label) in labels.iter().enumerate() {
+                if labels[..i].contains(label) {
+                    return Err(at(
+                        &format!("{path}.labels.{i}"),
+                        format!("label `{label}` is listed twice"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), InputError> {
+    let table_keys = [
+        ("file", dataset.file.is_some()),
+        ("test_file", dataset.test_file.is_some()),
+        ("text_field", dataset.text_field.is_some()),
+        ("label_field", dataset.label_field.is_some()),
+        ("labels", dataset.labels.is_some()),
+    ];
+    if dataset.format != DatasetFormat::TextTable
+        && let Some((key, _)) = table_keys.iter().find(|(_, given)| *given)
+    {
+        return Err(at(
+            &format!("{path}.{key}"),
+            format!("`{key}` applies only to format `text_table`"),
+        ));
+    }
+    if let Some(h) = dataset.holdout
+        && !(h > 0.0 && h < 1.0)
+    {
+        return Err(at(
+            &format!("{path}.holdout"),
+            format!("holdout {h}: use a fraction between 0 and 1, e.g. 0.2"),
+        ));
+    }
+    if dataset.format.is_text() {
+        return check_text_dataset(path, dataset, at);
+    }
     match dataset.format {
         DatasetFormat::Idx if dataset.dir.is_none() => {
             return Err(at(
@@ -254,20 +379,12 @@ fn check_dataset(path: &str, dataset: &DatasetSpec, at: Locate) -> Result<(), In
         (None, DatasetFormat::ImageFolder) => 3,
         (None, _) => 1,
     };
-    match (dataset.holdout, dataset.format) {
-        (Some(h), DatasetFormat::ImageFolder) if !(h > 0.0 && h < 1.0) => {
-            return Err(at(
-                &format!("{path}.holdout"),
-                format!("holdout {h}: use a fraction between 0 and 1, e.g. 0.2"),
-            ));
-        }
-        (Some(_), DatasetFormat::Idx | DatasetFormat::Generated) => {
-            return Err(at(
-                &format!("{path}.holdout"),
-                "`holdout` applies only to format `image_folder`".into(),
-            ));
-        }
-        _ => {}
+    if dataset.holdout.is_some() && dataset.format != DatasetFormat::ImageFolder {
+        return Err(at(
+            &format!("{path}.holdout"),
+            "`holdout` applies only to formats `image_folder`, `text_folder` and `text_table`"
+                .into(),
+        ));
     }
     if dataset.skip_unreadable && dataset.format != DatasetFormat::ImageFolder {
         return Err(at(
@@ -427,11 +544,17 @@ fn check_selection(
     let counts = catalog
         .class_counts(&selection.dataset, selection.split)
         .map_err(located)?;
-    // Image files are decoded here, once (the catalog keeps them for the run), so that an
-    // unreadable image is refused before anything trains.
-    if spec.datasets[&selection.dataset].format == DatasetFormat::ImageFolder {
+    // Image files are decoded and texts tokenised here, once (the catalog keeps them for the
+    // run), so that an unreadable file is refused before anything trains.
+    let format = spec.datasets[&selection.dataset].format;
+    if format == DatasetFormat::ImageFolder {
         catalog
             .images(&selection.dataset, selection.split)
+            .map_err(located)?;
+    }
+    if format.is_text() {
+        catalog
+            .tokens(&selection.dataset, selection.split, &spec.model)
             .map_err(located)?;
     }
     let classes: Vec<u32> = match &selection.classes {

@@ -37,8 +37,65 @@ pub fn check_model(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
                 arch_name(arch)
             ),
         )),
-        _ => Ok(()),
+        (Arch::Bert, _) => check_encoder(model, at),
+        (arch, _) => {
+            let text_keys = [
+                ("pooling", model.pooling.is_some()),
+                ("max_length", model.max_length.is_some()),
+                ("config", model.config.is_some()),
+                ("tokenizer", model.tokenizer.is_some()),
+            ];
+            match text_keys.iter().find(|(_, given)| *given) {
+                Some((key, _)) => Err(at(
+                    &format!("model.{key}"),
+                    format!("`{key}` applies only to `bert`, not {}", arch_name(arch)),
+                )),
+                None => Ok(()),
+            }
+        }
     }
+}
+
+/// Checks a text encoder's shape and input length.
+fn check_encoder(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
+    let Some(config) = &model.config else {
+        return Err(at("model", "bert needs its `config`".into()));
+    };
+    let sizes = [
+        ("vocab_size", config.vocab_size),
+        ("hidden_size", config.hidden_size),
+        ("num_hidden_layers", config.num_hidden_layers),
+        ("num_attention_heads", config.num_attention_heads),
+        ("intermediate_size", config.intermediate_size),
+        ("max_position_embeddings", config.max_position_embeddings),
+        ("type_vocab_size", config.type_vocab_size),
+    ];
+    if let Some((key, _)) = sizes.iter().find(|(_, n)| *n == 0) {
+        return Err(at(&format!("model.config.{key}"), format!("{key} is 0")));
+    }
+    if !config
+        .hidden_size
+        .is_multiple_of(config.num_attention_heads)
+    {
+        return Err(at(
+            "model.config.num_attention_heads",
+            format!(
+                "{} attention heads do not divide hidden_size {}",
+                config.num_attention_heads, config.hidden_size
+            ),
+        ));
+    }
+    let longest = config.max_position_embeddings;
+    if !(2..=longest).contains(&model.max_length()) {
+        return Err(at(
+            "model.max_length",
+            format!(
+                "max_length {}: the encoder takes 2 to {longest} tokens",
+                model.max_length()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that every data selection (with its key path) has images of one shape, and that

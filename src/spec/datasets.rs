@@ -51,6 +51,23 @@ pub struct DatasetSpec {
     /// the spec.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_unreadable: bool,
+    /// `text_table`: the CSV (with a header row) or JSONL file of the train split, or of both
+    /// with `holdout`; relative paths start at the spec file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// `text_table`: the file of the test split, in the same format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_file: Option<PathBuf>,
+    /// `text_table`: the column or JSON field holding the text (default `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_field: Option<String>,
+    /// `text_table`: the column or JSON field holding the label (default `label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_field: Option<String>,
+    /// `text_table`: the labels, as written in the file, in the order they are numbered
+    /// (0, 1, ...); every label of the train split, sorted, when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
 }
 
 /// Named standardisations (`normalize`).
@@ -152,6 +169,18 @@ pub enum DatasetFormat {
     /// PNG and JPEG files in `dir/<class>/<image>` (torchvision's ImageFolder), split into
     /// `dir/train/` and `dir/test/`, or by `holdout`.
     ImageFolder,
+    /// Texts, one UTF-8 document per file, in `dir/<class>/<file>`, split as `image_folder`.
+    TextFolder,
+    /// Texts in a CSV or JSONL `file` (and `test_file`, or `holdout`), one row per text, its
+    /// label in another column.
+    TextTable,
+}
+
+impl DatasetFormat {
+    /// Whether the format holds texts (the text domain) rather than images.
+    pub fn is_text(self) -> bool {
+        matches!(self, DatasetFormat::TextFolder | DatasetFormat::TextTable)
+    }
 }
 
 /// The built-in generated domain: glyphs made of strokes placed in the four quadrants.
@@ -211,6 +240,11 @@ pub fn builtin_dataset() -> DatasetSpec {
         holdout: None,
         normalize: None,
         skip_unreadable: false,
+        file: None,
+        test_file: None,
+        text_field: None,
+        label_field: None,
+        labels: None,
     }
 }
 fn default_domain_seed() -> u64 {

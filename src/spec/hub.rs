@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// Files a snapshot may hold the weights in, in the order they are tried.
-const WEIGHTS: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.pth"];
+pub const WEIGHTS: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.pth"];
 
 /// The hub caches to look in, first match wins: `HF_HUB_CACHE`, `HF_HOME/hub`,
 /// `~/.cache/huggingface/hub`.

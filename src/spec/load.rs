@@ -201,6 +201,70 @@ impl LoadedSpec {
         Ok(())
     }
 
+    /// `model: {arch: bert}` with a model folder as its source (`source.checkpoint` a folder,
+    /// or `source.hub`): the folder's weights file becomes the checkpoint, and it supplies what
+    /// the model leaves out: `config` (config.json), `tokenizer` (tokenizer.json) and
+    /// `pooling` (sentence-transformers' 1_Pooling/config.json, else `cls`).
+    fn resolve_encoder(&mut self) -> Result<(), InputError> {
+        if self.spec.model.arch != super::Arch::Bert {
+            return Ok(());
+        }
+        let key = match self.spec.source.hub {
+            Some(_) => "source.hub",
+            None => "source.checkpoint",
+        };
+        let folder = match &self.spec.source.checkpoint {
+            Some(path) if path.is_dir() => {
+                let weights = super::hub::WEIGHTS.iter().map(|w| path.join(w));
+                let Some(file) = weights.clone().find(|w| w.is_file()) else {
+                    let looked: Vec<String> = weights.map(|w| w.display().to_string()).collect();
+                    return Err(self
+                        .error(
+                            key,
+                            format!("model folder {} has no weights file", path.display()),
+                        )
+                        .with_help(format!("looked for {}", looked.join(", "))));
+                };
+                let folder = path.clone();
+                self.spec.source.checkpoint = Some(file);
+                Some(folder)
+            }
+            Some(path) => path.parent().map(Path::to_path_buf),
+            None => None,
+        };
+        let needs = |this: &Self, what: &str| {
+            this.error("model", format!("bert needs {what}"))
+                .with_help("point `source.checkpoint` at a Hugging Face model folder (config.json, model.safetensors, tokenizer.json), or name one in the local cache with `source.hub`")
+        };
+        if self.spec.model.config.is_none() {
+            let folder =
+                (folder.as_deref()).ok_or_else(|| needs(self, "`config` (a config.json)"))?;
+            self.spec.model.config = Some(read_encoder_config(&folder.join("config.json"))?);
+        }
+        if self.spec.model.tokenizer.is_none() {
+            let folder = (folder.as_deref())
+                .ok_or_else(|| needs(self, "a `tokenizer` (a tokenizer.json)"))?;
+            let tokenizer = folder.join("tokenizer.json");
+            if !tokenizer.is_file() {
+                return Err(self
+                    .error(
+                        key,
+                        format!("model folder {} has no tokenizer.json", folder.display()),
+                    )
+                    .with_help("give `model.tokenizer`, a Hugging Face tokenizer.json"));
+            }
+            self.spec.model.tokenizer = Some(tokenizer);
+        }
+        if self.spec.model.pooling.is_none() {
+            self.spec.model.pooling = Some(
+                folder
+                    .map(|f| declared_pooling(&f.join("1_Pooling/config.json")))
+                    .unwrap_or(super::Pooling::Cls),
+            );
+        }
+        Ok(())
+    }
+
     /// An error about the value at `key_path`, located.
     pub fn error(&self, key_path: &str, message: impl Into<String>) -> InputError {
         InputError::new(message).with_origin(self.origin(key_path, false))
@@ -239,7 +303,44 @@ pub fn load(path: &Path, given: &[String]) -> Result<LoadedSpec, InputError> {
         figment,
     };
     loaded.resolve_hub()?;
+    loaded.resolve_encoder()?;
     Ok(loaded)
+}
+
+/// A BERT-family `config.json`; another model type, or a file that is not one, is bad input.
+fn read_encoder_config(path: &Path) -> Result<crate::model::bert::BertConfig, InputError> {
+    let at_file = |message: String| {
+        InputError::new(message).with_origin(Origin::File {
+            path: path.to_path_buf(),
+            position: None,
+            line_text: None,
+        })
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| at_file(format!("cannot read {}: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| at_file(format!("{} is not JSON: {e}", path.display())))?;
+    if let Some(kind) = value.get("model_type").and_then(|t| t.as_str())
+        && kind != "bert"
+    {
+        return Err(at_file(format!(
+            "{} describes a `{kind}` model; xferlab's text encoder reads `model_type: bert`",
+            path.display()
+        )));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| at_file(format!("{} is not a BERT config.json: {e}", path.display())))
+}
+
+/// The pooling a sentence-transformers `1_Pooling/config.json` declares; `cls` without one.
+fn declared_pooling(path: &Path) -> super::Pooling {
+    let declared = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    match declared {
+        Some(config) if config["pooling_mode_mean_tokens"] == true => super::Pooling::Mean,
+        _ => super::Pooling::Cls,
+    }
 }
 
 /// Makes relative paths start at the spec file's folder, and absolute, so a trial's config
@@ -251,8 +352,11 @@ fn resolve_paths(spec: &mut Spec, base: &Path) {
     };
     for dataset in spec.datasets.values_mut() {
         dataset.dir.as_mut().map(resolve);
+        dataset.file.as_mut().map(resolve);
+        dataset.test_file.as_mut().map(resolve);
     }
     spec.source.checkpoint.as_mut().map(resolve);
+    spec.model.tokenizer.as_mut().map(resolve);
 }
 
 fn map_figment_error(error: figment::Error, file: &SpecFile) -> InputError {

@@ -209,7 +209,7 @@ impl EfficientNetLite {
 
     /// Runs blocks `range` (0-based: `0..f` is blocks 1..f) on NCHW images or features.
     pub fn forward_blocks(&self, x: &Tensor, range: Range<usize>) -> candle_core::Result<Tensor> {
-        self.net.forward_blocks(x, range, Mode::Infer)
+        self.net.forward_blocks(x, None, range, Mode::Infer)
     }
 
     /// Global average pooling and the classifier, on b9's output.
@@ -219,7 +219,7 @@ impl EfficientNetLite {
 
     /// Logits for a batch of NCHW images.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.net.forward(x)
+        self.net.forward(x, None)
     }
 }
 
