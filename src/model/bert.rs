@@ -2,9 +2,23 @@
 //! b1 the embeddings (word, position and token type, LayerNorm), b2..b(L+1) the L encoder
 //! layers (self-attention, feed-forward), the last one ending in pooling to one vector per
 //! text, so that a whole frozen encoder's output is that vector.
+//!
+//! It follows Hugging Face's `BertModel` (post-LayerNorm layers, absolute positions, token
+//! type 0 for every token), with parameters named as its checkpoints name them, `embeddings.`
+//! becoming `b1.` and `encoder.layer.N.` becoming `b{N+2}.`. Every op has a gradient (the
+//! fused LayerNorm and softmax of candle-nn have none), since any block may be fine-tuned.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{D, Tensor};
+use candle_nn::{Linear, Module};
+use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use super::Mode;
+use super::parameters::Parameters;
+use crate::spec::Pooling;
 
 /// The encoder's shape: the fields of Hugging Face's `config.json` that BERT reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -50,4 +64,745 @@ fn default_dropout() -> f64 {
 }
 fn default_hidden_act() -> String {
     "gelu".into()
+}
+
+/// Standard deviation of BERT's initial weights (`initializer_range`, 0.02 in every BERT
+/// config; not among [`BertConfig`]'s fields).
+pub const INITIALIZER_RANGE: f32 = 0.02;
+
+/// The feed-forward activation, from `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    /// `gelu`: exact, with erf.
+    GeluErf,
+    /// `gelu_new`, `gelu_pytorch_tanh`: the tanh approximation.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> candle_core::Result<Self> {
+        match name {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => candle_core::bail!(
+                "bert: hidden_act `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+            ),
+        }
+    }
+
+    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// LayerNorm over the last dimension, from plain tensor ops so that it has a gradient.
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(p: &mut Parameters, name: &str, width: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(LayerNorm {
+            weight: p.full(format!("{name}.weight"), &[width], 1.0)?,
+            bias: p.full(format!("{name}.bias"), &[width], 0.0)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred
+            .broadcast_div(&(variance + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Seeded dropout: candle's CPU generator cannot be seeded, so the keep-mask comes from a
+/// counter-based hash of (seed, call, element), made on the host and uploaded. The n-th call
+/// of a dropout built with the same seed drops the same elements, whatever the device or
+/// thread count.
+struct Dropout {
+    p: f32,
+    seed: u64,
+    calls: AtomicU64,
+}
+
+impl Dropout {
+    fn new(p: f64, seed: u64) -> Self {
+        Dropout {
+            p: p as f32,
+            seed,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Drops elements with probability p and scales the rest by 1/(1-p), in training only.
+    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        if mode == Mode::Infer || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let stream = mix(self.seed, self.calls.fetch_add(1, Ordering::Relaxed));
+        let (p, scale) = (self.p, 1.0 / (1.0 - self.p));
+        let mask: Vec<f32> = (0..x.elem_count() as u64)
+            .into_par_iter()
+            // The top 24 bits as a uniform number in [0, 1), exact in f32.
+            .map(|i| {
+                let u = (mix(stream, i) >> 40) as f32 / (1u64 << 24) as f32;
+                if u < p { 0.0 } else { scale }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// splitmix64's finaliser: a bijective, well-mixed hash of one word.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A hash of two words (a seed and an index), distinct for swapped arguments.
+fn mix(a: u64, b: u64) -> u64 {
+    splitmix64(a ^ splitmix64(b))
+}
+
+/// A linear layer in BERT's initialisation: weight normal(0, 0.02), bias 0.
+fn linear(
+    p: &mut Parameters,
+    name: &str,
+    input: usize,
+    output: usize,
+) -> candle_core::Result<Linear> {
+    let weight = p.normal(
+        format!("{name}.weight"),
+        &[output, input],
+        INITIALIZER_RANGE,
+    )?;
+    let bias = p.full(format!("{name}.bias"), &[output], 0.0)?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// Block b1: word, position and token type embeddings, summed, LayerNorm, dropout.
+pub struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl Embeddings {
+    /// Token ids (B, S) to token vectors (B, S, H); positions 0..S, token type 0.
+    fn forward(&self, ids: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        let (batch, length) = ids.dims2()?;
+        let positions = self.position.dim(0)?;
+        if length > positions {
+            candle_core::bail!(
+                "bert: {length} tokens, the position embeddings cover {positions} (max_position_embeddings)"
+            );
+        }
+        let words =
+            (self.word.index_select(&ids.flatten_all()?, 0)?).reshape((batch, length, ()))?;
+        let x = words
+            .broadcast_add(&self.position.narrow(0, 0, length)?)?
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        self.dropout.forward(&self.norm.forward(&x)?, mode)
+    }
+}
+
+/// Blocks b2..b(L+1): one encoder layer (self-attention, then feed-forward, each with a
+/// residual connection and LayerNorm after it); the last one also pools.
+pub struct Layer {
+    heads: usize,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_dropout: Dropout,
+    attention_output: Linear,
+    attention_output_dropout: Dropout,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    activation: Activation,
+    output: Linear,
+    output_dropout: Dropout,
+    output_norm: LayerNorm,
+    pooling: Option<Pooling>,
+}
+
+impl Layer {
+    /// Token vectors (B, S, H) and the mask (B, S) to token vectors (B, S, H), or pooled
+    /// vectors (B, H) for the last layer.
+    fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        let (batch, length, hidden) = x.dims3()?;
+        let head = hidden / self.heads;
+        // (B, S, H) to (B, heads, S, head).
+        let split = |t: Tensor| {
+            t.reshape((batch, length, self.heads, head))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let query = split(self.query.forward(x)?)?;
+        let key = split(self.key.forward(x)?)?;
+        let value = split(self.value.forward(x)?)?;
+        let scores = (query.matmul(&key.t()?)? / (head as f64).sqrt())?;
+        let mask = mask.to_dtype(x.dtype())?;
+        // Padding keys get the lowest float, so that softmax gives them weight 0 (Hugging
+        // Face's extended attention mask).
+        let bias = ((1.0 - &mask)? * f64::from(f32::MIN))?.reshape((batch, 1, 1, length))?;
+        let probabilities = candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?;
+        let probabilities = self.attention_dropout.forward(&probabilities, mode)?;
+        let context = probabilities
+            .matmul(&value)?
+            .transpose(1, 2)?
+            .reshape((batch, length, hidden))?;
+        let attended = self.attention_output.forward(&context)?;
+        let attended = self.attention_output_dropout.forward(&attended, mode)?;
+        let x = self.attention_norm.forward(&(attended + x)?)?;
+        let inner = self.activation.forward(&self.intermediate.forward(&x)?)?;
+        let out = self
+            .output_dropout
+            .forward(&self.output.forward(&inner)?, mode)?;
+        let x = self.output_norm.forward(&(out + x)?)?;
+        match self.pooling {
+            None => Ok(x),
+            Some(Pooling::Cls) => x.narrow(1, 0, 1)?.squeeze(1),
+            Some(Pooling::Mean) => {
+                let mask = mask.unsqueeze(2)?;
+                let sum = x.broadcast_mul(&mask)?.sum(1)?;
+                // sentence-transformers' clamp: a text of padding alone gives 0, not NaN.
+                sum.broadcast_div(&mask.sum(1)?.clamp(1e-9, f64::MAX)?)
+            }
+        }
+    }
+}
+
+/// One of xferlab's BERT blocks.
+pub enum Block {
+    /// b1: the embeddings.
+    Embeddings(Embeddings),
+    /// b2..b(L+1): the encoder layers.
+    Layer(Box<Layer>),
+}
+
+impl Block {
+    /// Runs the block in `mode`: b1 maps token ids (B, S) u32 to vectors (B, S, H); a layer
+    /// maps (B, S, H) to (B, S, H), the last one to pooled vectors (B, H). `mask` (B, S) is 1
+    /// for real tokens and 0 for padding (b1 ignores it). Dropout only in training.
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        match self {
+            Block::Embeddings(embeddings) => embeddings.forward(x, mode),
+            Block::Layer(layer) => layer.forward(x, mask, mode),
+        }
+    }
+}
+
+/// Checks that `config` describes an encoder these blocks can run.
+fn check(config: &BertConfig) -> candle_core::Result<Activation> {
+    let c = config;
+    if c.num_hidden_layers == 0 {
+        candle_core::bail!("bert: num_hidden_layers is 0; the last layer pools, so at least 1");
+    }
+    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+        candle_core::bail!(
+            "bert: hidden_size {} is not divisible by num_attention_heads {}",
+            c.hidden_size,
+            c.num_attention_heads
+        );
+    }
+    for (name, p) in [
+        ("hidden_dropout_prob", c.hidden_dropout_prob),
+        (
+            "attention_probs_dropout_prob",
+            c.attention_probs_dropout_prob,
+        ),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("bert: {name} {p} is not in [0, 1)");
+        }
+    }
+    Activation::parse(&c.hidden_act)
+}
+
+/// The blocks b1..b(L+1) of `config`'s encoder, freshly initialised as BERT's
+/// `_init_weights` (linear and embedding weights normal(0, 0.02), biases 0, LayerNorm weight
+/// 1 and bias 0), the last layer pooling by `pooling`. `seed` seeds the dropouts (the
+/// weights come from `p`'s generator).
+// Network builds `bert` in another change; until then only the tests call this.
+#[allow(dead_code)]
+pub(crate) fn build(
+    p: &mut Parameters,
+    config: &BertConfig,
+    pooling: Pooling,
+    seed: u64,
+) -> candle_core::Result<Vec<Block>> {
+    let activation = check(config)?;
+    let c = config;
+    let h = c.hidden_size;
+    // Each dropout its own stream: numbered in build order.
+    let mut dropouts = 0u64;
+    let mut dropout = |rate: f64| {
+        dropouts += 1;
+        Dropout::new(rate, mix(seed, dropouts))
+    };
+    let embeddings = Embeddings {
+        word: p.normal(
+            "b1.word_embeddings.weight".into(),
+            &[c.vocab_size, h],
+            INITIALIZER_RANGE,
+        )?,
+        position: p.normal(
+            "b1.position_embeddings.weight".into(),
+            &[c.max_position_embeddings, h],
+            INITIALIZER_RANGE,
+        )?,
+        token_type: p.normal(
+            "b1.token_type_embeddings.weight".into(),
+            &[c.type_vocab_size, h],
+            INITIALIZER_RANGE,
+        )?,
+        norm: LayerNorm::new(p, "b1.LayerNorm", h, c.layer_norm_eps)?,
+        dropout: dropout(c.hidden_dropout_prob),
+    };
+    let mut blocks = vec![Block::Embeddings(embeddings)];
+    for n in 0..c.num_hidden_layers {
+        let name = |part: &str| format!("b{}.{part}", n + 2);
+        let layer = Layer {
+            heads: c.num_attention_heads,
+            query: linear(p, &name("attention.self.query"), h, h)?,
+            key: linear(p, &name("attention.self.key"), h, h)?,
+            value: linear(p, &name("attention.self.value"), h, h)?,
+            attention_dropout: dropout(c.attention_probs_dropout_prob),
+            attention_output: linear(p, &name("attention.output.dense"), h, h)?,
+            attention_output_dropout: dropout(c.hidden_dropout_prob),
+            attention_norm: LayerNorm::new(
+                p,
+                &name("attention.output.LayerNorm"),
+                h,
+                c.layer_norm_eps,
+            )?,
+            intermediate: linear(p, &name("intermediate.dense"), h, c.intermediate_size)?,
+            activation,
+            output: linear(p, &name("output.dense"), c.intermediate_size, h)?,
+            output_dropout: dropout(c.hidden_dropout_prob),
+            output_norm: LayerNorm::new(p, &name("output.LayerNorm"), h, c.layer_norm_eps)?,
+            pooling: (n + 1 == c.num_hidden_layers).then_some(pooling),
+        };
+        blocks.push(Block::Layer(Box::new(layer)));
+    }
+    Ok(blocks)
+}
+
+/// A checkpoint name without the `bert.` prefix that `BertFor...` models add.
+fn unprefixed(checkpoint: &str) -> &str {
+    checkpoint.strip_prefix("bert.").unwrap_or(checkpoint)
+}
+
+/// Whether checkpoint tensor `checkpoint` is deliberately left out: the pooler, task heads
+/// (`classifier.*`, `cls.*`: xferlab's head is always new) and `embeddings.position_ids` (a
+/// constant 0..max, not a parameter).
+pub fn dropped(checkpoint: &str) -> bool {
+    let name = unprefixed(checkpoint);
+    name == "embeddings.position_ids"
+        || ["pooler.", "classifier.", "cls."]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
+/// The xferlab name of a Hugging Face BERT checkpoint tensor (with or without `bert.`, old
+/// TensorFlow-converted `LayerNorm.gamma`/`beta` read as `weight`/`bias`), or None for a
+/// name BERT does not know or one that is [`dropped`].
+pub fn xferlab_name(checkpoint: &str) -> Option<String> {
+    if dropped(checkpoint) {
+        return None;
+    }
+    let name = unprefixed(checkpoint);
+    let name = if let Some(stem) = name.strip_suffix("LayerNorm.gamma") {
+        format!("{stem}LayerNorm.weight")
+    } else if let Some(stem) = name.strip_suffix("LayerNorm.beta") {
+        format!("{stem}LayerNorm.bias")
+    } else {
+        name.to_string()
+    };
+    if let Some(rest) = name.strip_prefix("embeddings.") {
+        return Some(format!("b1.{rest}"));
+    }
+    let (layer, rest) = name.strip_prefix("encoder.layer.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    Some(format!("b{}.{rest}", layer + 2))
+}
+
+/// The Hugging Face name (without `bert.`) of an xferlab BERT parameter, or None (the head).
+pub fn checkpoint_name(xferlab: &str) -> Option<String> {
+    let (block, rest) = xferlab.split_once('.')?;
+    match block.strip_prefix('b')?.parse::<usize>().ok()? {
+        0 => None,
+        1 => Some(format!("embeddings.{rest}")),
+        b => Some(format!("encoder.layer.{}.{rest}", b - 2)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use candle_core::{DType, Device, Var};
+    use tokenizers::Tokenizer;
+
+    use super::*;
+
+    fn minilm() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/all-minilm-l6-v2")
+    }
+
+    /// The model's tokenizer, without the fixed padding to 128 its `tokenizer.json` sets.
+    fn tokenizer() -> Tokenizer {
+        let mut tokenizer = Tokenizer::from_file(minilm().join("tokenizer.json")).unwrap();
+        tokenizer.with_padding(None);
+        tokenizer
+    }
+
+    fn ids(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+        tokenizer.encode(text, true).unwrap().get_ids().to_vec()
+    }
+
+    fn vars(p: &Parameters) -> HashMap<String, Var> {
+        p.varmap.data().lock().unwrap().clone()
+    }
+
+    fn run(blocks: &[Block], ids: &Tensor, mask: &Tensor, mode: Mode) -> Tensor {
+        let mut x = ids.clone();
+        for block in blocks {
+            x = block.forward(&x, mask, mode).unwrap();
+        }
+        x
+    }
+
+    #[test]
+    fn checkpoint_names_map_to_blocks_and_back() {
+        let cases = [
+            (
+                "embeddings.word_embeddings.weight",
+                Some("b1.word_embeddings.weight"),
+            ),
+            (
+                "bert.embeddings.LayerNorm.gamma",
+                Some("b1.LayerNorm.weight"),
+            ),
+            (
+                "encoder.layer.0.attention.self.query.weight",
+                Some("b2.attention.self.query.weight"),
+            ),
+            (
+                "bert.encoder.layer.11.output.LayerNorm.beta",
+                Some("b13.output.LayerNorm.bias"),
+            ),
+            (
+                "encoder.layer.5.attention.output.LayerNorm.weight",
+                Some("b7.attention.output.LayerNorm.weight"),
+            ),
+            ("embeddings.position_ids", None),
+            ("pooler.dense.weight", None),
+            ("bert.pooler.dense.bias", None),
+            ("classifier.weight", None),
+            ("cls.predictions.bias", None),
+            ("encoder.layer.x.output.dense.weight", None),
+            ("decoder.weight", None),
+        ];
+        for (checkpoint, xferlab) in cases {
+            assert_eq!(xferlab_name(checkpoint).as_deref(), xferlab, "{checkpoint}");
+        }
+        for dropped_name in [
+            "embeddings.position_ids",
+            "bert.embeddings.position_ids",
+            "pooler.dense.weight",
+            "classifier.bias",
+            "cls.predictions.transform.dense.weight",
+        ] {
+            assert!(dropped(dropped_name), "{dropped_name}");
+        }
+        assert!(!dropped("encoder.layer.0.output.dense.weight"));
+        assert!(!dropped("decoder.weight"));
+        for (xferlab, checkpoint) in [
+            (
+                "b1.position_embeddings.weight",
+                Some("embeddings.position_embeddings.weight"),
+            ),
+            (
+                "b2.intermediate.dense.bias",
+                Some("encoder.layer.0.intermediate.dense.bias"),
+            ),
+            (
+                "b13.output.LayerNorm.weight",
+                Some("encoder.layer.11.output.LayerNorm.weight"),
+            ),
+            ("head.weight", None),
+            ("b0.x", None),
+        ] {
+            assert_eq!(checkpoint_name(xferlab).as_deref(), checkpoint, "{xferlab}");
+            if let Some(checkpoint) = checkpoint {
+                assert_eq!(xferlab_name(checkpoint).as_deref(), Some(xferlab));
+            }
+        }
+    }
+
+    #[test]
+    fn tokenizer_gives_bert_ids_and_wordpieces() {
+        let tokenizer = tokenizer();
+        assert_eq!(
+            ids(&tokenizer, "This is an example sentence"),
+            [101, 2023, 2003, 2019, 2742, 6251, 102]
+        );
+        let encoding = tokenizer
+            .encode("Fine-tuning xferlab's encoders", true)
+            .unwrap();
+        let (ids, tokens) = (encoding.get_ids(), encoding.get_tokens());
+        println!("wordpieces: {tokens:?} = {ids:?}");
+        assert_eq!(
+            tokens,
+            [
+                "[CLS]", "fine", "-", "tuning", "x", "##fer", "##lab", "'", "s", "en", "##code",
+                "##rs", "[SEP]"
+            ]
+        );
+        assert_eq!(
+            ids,
+            [
+                101, 2986, 1011, 17372, 1060, 7512, 20470, 1005, 1055, 4372, 16044, 2869, 102
+            ]
+        );
+        // vocab.txt lists the tokens in id order, one a line.
+        let vocab = std::fs::read_to_string(minilm().join("vocab.txt")).unwrap();
+        let vocab: Vec<&str> = vocab.lines().collect();
+        for (&id, token) in ids.iter().zip(tokens) {
+            assert_eq!(vocab[id as usize], token);
+        }
+    }
+
+    /// all-MiniLM-L6-v2 with its published weights, blocks pooling by mean.
+    fn pretrained() -> (Parameters<'static>, Vec<Block>) {
+        let config: BertConfig =
+            serde_json::from_str(&std::fs::read_to_string(minilm().join("config.json")).unwrap())
+                .unwrap();
+        let mut p = Parameters::new(0, &Device::Cpu);
+        let blocks = build(&mut p, &config, Pooling::Mean, 0).unwrap();
+        let vars = vars(&p);
+        let weights =
+            candle_core::safetensors::load(minilm().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let mut loaded = 0;
+        for (name, tensor) in &weights {
+            if dropped(name) {
+                continue;
+            }
+            let xferlab = xferlab_name(name).unwrap_or_else(|| panic!("unmapped {name}"));
+            vars[&xferlab].set(tensor).unwrap();
+            loaded += 1;
+        }
+        // Every parameter came from the checkpoint.
+        assert_eq!(loaded, vars.len());
+        (p, blocks)
+    }
+
+    fn normalised(x: &Tensor) -> Vec<Vec<f32>> {
+        x.broadcast_div(&x.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    }
+
+    #[test]
+    fn minilm_gives_the_published_sentence_embedding() {
+        let (_p, blocks) = pretrained();
+        let ids = ids(&tokenizer(), "This is an example sentence");
+        let n = ids.len();
+        let input = Tensor::new(&ids[..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mask = Tensor::ones((1, n), DType::F32, &Device::Cpu).unwrap();
+        let embedding = normalised(&run(&blocks, &input, &mask, Mode::Infer));
+        println!("all-MiniLM-L6-v2: {:?}", &embedding[0][..5]);
+        let published = [0.06766, 0.06350, 0.04871, 0.07930, 0.03745];
+        for (got, want) in embedding[0].iter().zip(published) {
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        }
+        // Padded with [PAD] (id 0, mask 0), as the tokenizer's own fixed padding to 128.
+        let mut padded = ids.clone();
+        padded.resize(128, 0);
+        let mask: Vec<f32> = (0..128).map(|i| if i < n { 1.0 } else { 0.0 }).collect();
+        let input = Tensor::new(&padded[..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mask = Tensor::new(&mask[..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let padded = normalised(&run(&blocks, &input, &mask, Mode::Infer));
+        let difference = (embedding[0].iter().zip(&padded[0]))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        println!("padded to 128: largest difference {difference:e}");
+        assert!(difference < 1e-5);
+    }
+
+    fn tiny() -> BertConfig {
+        BertConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 32,
+            max_position_embeddings: 12,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            hidden_act: "gelu".into(),
+        }
+    }
+
+    /// Two texts of 6 tokens, the second with 2 of padding.
+    fn tiny_batch() -> (Tensor, Tensor) {
+        let ids = Tensor::new(
+            &[[1u32, 7, 9, 31, 4, 2], [1, 12, 49, 2, 0, 0]],
+            &Device::Cpu,
+        );
+        let mask = Tensor::new(
+            &[[1f32, 1., 1., 1., 1., 1.], [1., 1., 1., 1., 0., 0.]],
+            &Device::Cpu,
+        );
+        (ids.unwrap(), mask.unwrap())
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient_in_training() {
+        let mut p = Parameters::new(3, &Device::Cpu);
+        let blocks = build(&mut p, &tiny(), Pooling::Mean, 3).unwrap();
+        assert_eq!(blocks.len(), 3);
+        let (ids, mask) = tiny_batch();
+        let pooled = run(&blocks, &ids, &mask, Mode::Train);
+        assert_eq!(pooled.dims(), &[2, 16]);
+        // A fixed projection: a sum of LayerNorm outputs (or of their squares) hardly depends
+        // on its input.
+        let direction: Vec<f32> = (0..16).map(|i| (i as f32).sin()).collect();
+        let direction = Tensor::new(&direction[..], &Device::Cpu).unwrap();
+        let loss = pooled
+            .broadcast_mul(&direction)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = vars(&p);
+        assert_eq!(vars.len(), 5 + 2 * 16);
+        for (name, var) in &vars {
+            let grad = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let grad = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(grad.iter().all(|g| g.is_finite()), "{name}");
+            assert!(grad.iter().any(|&g| g != 0.0), "zero gradient for {name}");
+        }
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_only_in_training() {
+        let build_tiny = |pooling| {
+            let mut p = Parameters::new(5, &Device::Cpu);
+            let blocks = build(&mut p, &tiny(), pooling, 11).unwrap();
+            (p, blocks)
+        };
+        let (ids, mask) = tiny_batch();
+        let values = |x: Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (_a, a) = build_tiny(Pooling::Cls);
+        let (_b, b) = build_tiny(Pooling::Cls);
+        let a1 = values(run(&a, &ids, &mask, Mode::Train));
+        let a2 = values(run(&a, &ids, &mask, Mode::Train));
+        let b1 = values(run(&b, &ids, &mask, Mode::Train));
+        let b2 = values(run(&b, &ids, &mask, Mode::Train));
+        assert_eq!((&a1, &a2), (&b1, &b2));
+        assert_ne!(a1, a2, "each call draws a new mask");
+        let infer = run(&a, &ids, &mask, Mode::Infer);
+        assert_eq!(infer.dims(), &[2, 16]);
+        assert_eq!(
+            values(infer.clone()),
+            values(run(&b, &ids, &mask, Mode::Infer))
+        );
+        assert_ne!(values(infer), a1);
+
+        // About p of the elements are dropped, the rest scaled by 1/(1-p).
+        let dropout = Dropout::new(0.1, 7);
+        let ones = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
+        let kept = values(dropout.forward(&ones, Mode::Train).unwrap());
+        let dropped = kept.iter().filter(|&&v| v == 0.0).count();
+        assert!((900..1100).contains(&dropped), "{dropped} of 10000 dropped");
+        assert!(
+            kept.iter()
+                .all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6)
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut p = Parameters::new(0, &Device::Cpu);
+        let refused = |config: BertConfig| {
+            build(
+                &mut Parameters::new(0, &Device::Cpu),
+                &config,
+                Pooling::Cls,
+                0,
+            )
+            .err()
+            .unwrap()
+            .to_string()
+        };
+        let heads = refused(BertConfig {
+            num_attention_heads: 5,
+            ..tiny()
+        });
+        assert!(
+            heads.contains("not divisible by num_attention_heads 5"),
+            "{heads}"
+        );
+        let act = refused(BertConfig {
+            hidden_act: "swish".into(),
+            ..tiny()
+        });
+        assert!(act.contains("hidden_act `swish`"), "{act}");
+        let blocks = build(
+            &mut p,
+            &BertConfig {
+                hidden_act: "gelu_new".into(),
+                ..tiny()
+            },
+            Pooling::Cls,
+            0,
+        );
+        assert!(blocks.is_ok());
+        // Too long a text is an error, not a panic.
+        let blocks = blocks.unwrap();
+        let long = Tensor::zeros((1, 13), DType::U32, &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, 13), DType::F32, &Device::Cpu).unwrap();
+        let error = blocks[0].forward(&long, &mask, Mode::Infer).err().unwrap();
+        assert!(error.to_string().contains("13 tokens"), "{error}");
+    }
 }

@@ -6,11 +6,12 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{Linear, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 
 use super::conv::Conv2d;
 
-/// Creates parameters with PyTorch's default initialisation (uniform in ±1/sqrt(fan_in))
-/// or constants (BatchNorm's), each registered in the network's variables under its name.
+/// Creates parameters with PyTorch's default initialisation (uniform in ±1/sqrt(fan_in)),
+/// BERT's (normal), or constants (BatchNorm's, LayerNorm's), each registered in the network's variables under its name.
 pub(crate) struct Parameters<'a> {
     pub(crate) varmap: VarMap,
     rng: ChaCha8Rng,
@@ -87,5 +88,38 @@ impl<'a> Parameters<'a> {
         let weight = self.uniform(format!("{name}.weight"), &[output, input], input)?;
         let bias = self.uniform(format!("{name}.bias"), &[output], input)?;
         Ok(Linear::new(weight, Some(bias)))
+    }
+
+    /// A variable of `shape` drawn from a normal distribution of mean 0 and standard
+    /// deviation `std` (BERT's `_init_weights` for linear and embedding weights).
+    pub(crate) fn normal(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        std: f32,
+    ) -> candle_core::Result<Tensor> {
+        let normal = Normal::new(0.0, std)
+            .map_err(|e| candle_core::Error::Msg(format!("`{name}`: normal({std}): {e}")))?;
+        let values: Vec<f32> = (0..shape.iter().product())
+            .map(|_| normal.sample(&mut self.rng))
+            .collect();
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
+        let tensor = var.as_tensor().clone();
+        self.insert(name, var);
+        Ok(tensor)
+    }
+
+    /// A variable of `shape` with every value `value` (biases 0, LayerNorm's weight 1);
+    /// draws nothing from the generator.
+    pub(crate) fn full(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        value: f32,
+    ) -> candle_core::Result<Tensor> {
+        let var = Var::from_tensor(&Tensor::full(value, shape, self.device)?)?;
+        let tensor = var.as_tensor().clone();
+        self.insert(name, var);
+        Ok(tensor)
     }
 }
