@@ -179,7 +179,11 @@ fn describe(path: &Path, mapped: &Mapped) -> String {
     );
     let mut parts = Vec::new();
     if !dropped.is_empty() {
-        parts.push(format!("the old classifier ({})", dropped.join(", ")));
+        let what = match mapped.layout {
+            Layout::HuggingFace => "what the new head and pooling replace",
+            _ => "the old classifier",
+        };
+        parts.push(format!("{what} ({})", dropped.join(", ")));
     }
     if counters > 0 {
         parts.push(format!("{counters} BatchNorm num_batches_tracked counters"));

@@ -341,8 +341,6 @@ fn check(config: &BertConfig) -> candle_core::Result<Activation> {
 /// `_init_weights` (linear and embedding weights normal(0, 0.02), biases 0, LayerNorm weight
 /// 1 and bias 0), the last layer pooling by `pooling`. `seed` seeds the dropouts (the
 /// weights come from `p`'s generator).
-// Network builds `bert` in another change; until then only the tests call this.
-#[allow(dead_code)]
 pub(crate) fn build(
     p: &mut Parameters,
     config: &BertConfig,

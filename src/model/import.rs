@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use super::{efficientnet, resnet};
+use super::{bert, efficientnet, resnet};
 use crate::checkpoint::StateDict;
 use crate::spec::{Arch, CheckpointLayout};
 
@@ -28,6 +28,9 @@ pub enum Layout {
     EfficientNetPytorch,
     /// torchvision's and timm's ResNets: `conv1.weight`, `layer1.0.conv1.weight`, ..., `fc.weight`.
     Torchvision,
+    /// Hugging Face transformers' BERT: `embeddings.word_embeddings.weight`,
+    /// `encoder.layer.N.attention.self.query.weight`, ..., with or without a `bert.` prefix.
+    HuggingFace,
 }
 
 impl From<CheckpointLayout> for Layout {
@@ -36,16 +39,18 @@ impl From<CheckpointLayout> for Layout {
             CheckpointLayout::Xferlab => Layout::Xferlab,
             CheckpointLayout::EfficientnetPytorch => Layout::EfficientNetPytorch,
             CheckpointLayout::Torchvision | CheckpointLayout::Timm => Layout::Torchvision,
+            CheckpointLayout::Huggingface => Layout::HuggingFace,
         }
     }
 }
 
 impl Layout {
     /// Every layout.
-    pub const ALL: [Layout; 3] = [
+    pub const ALL: [Layout; 4] = [
         Layout::Xferlab,
         Layout::EfficientNetPytorch,
         Layout::Torchvision,
+        Layout::HuggingFace,
     ];
 
     /// Whether `name` is one only this layout uses (xferlab's own has none).
@@ -56,6 +61,10 @@ impl Layout {
                 name.starts_with("_conv_stem.") || name.starts_with("_blocks.")
             }
             Layout::Torchvision => name.starts_with("conv1.") || name.starts_with("layer1."),
+            Layout::HuggingFace => {
+                let name = name.strip_prefix("bert.").unwrap_or(name);
+                name.starts_with("embeddings.") || name.starts_with("encoder.layer.")
+            }
         }
     }
 
@@ -73,6 +82,7 @@ impl Layout {
             Layout::Xferlab => "xferlab's own",
             Layout::EfficientNetPytorch => "EfficientNet-PyTorch's",
             Layout::Torchvision => "torchvision's (timm's)",
+            Layout::HuggingFace => "Hugging Face's BERT",
         }
     }
 
@@ -84,6 +94,9 @@ impl Layout {
                 "_conv_stem.weight, _blocks.N..., as published with the ImageNet weights"
             }
             Layout::Torchvision => "conv1.weight, layer1.0.conv1.weight, ...",
+            Layout::HuggingFace => {
+                "embeddings.word_embeddings.weight, encoder.layer.N..., as transformers saves"
+            }
         }
     }
 
@@ -93,6 +106,7 @@ impl Layout {
             Layout::Xferlab => true,
             Layout::EfficientNetPytorch => arch == Arch::EfficientnetLite0,
             Layout::Torchvision => resnet::depth(arch).is_some(),
+            Layout::HuggingFace => arch == Arch::Bert,
         }
     }
 
@@ -102,6 +116,7 @@ impl Layout {
             Layout::Xferlab => "every architecture",
             Layout::EfficientNetPytorch => "`efficientnet_lite0`",
             Layout::Torchvision => "`resnet18`, `resnet34` and `resnet50`",
+            Layout::HuggingFace => "`bert`",
         }
     }
 
@@ -112,6 +127,7 @@ impl Layout {
             Layout::Xferlab => Some(name.to_string()),
             Layout::EfficientNetPytorch => efficientnet::xferlab_name(name),
             Layout::Torchvision => resnet::xferlab_name(name),
+            Layout::HuggingFace => bert::xferlab_name(name),
         }
     }
 
@@ -121,7 +137,15 @@ impl Layout {
             Layout::Xferlab => None,
             Layout::EfficientNetPytorch => efficientnet::checkpoint_name(name),
             Layout::Torchvision => resnet::checkpoint_name(name),
+            Layout::HuggingFace => bert::checkpoint_name(name),
         }
+    }
+
+    /// Whether checkpoint tensor `name` is deliberately left out: BatchNorm's counters, and
+    /// BERT's pooler, pretraining heads and position ids (the head is always new).
+    fn drops(self, name: &str) -> bool {
+        name.ends_with(".num_batches_tracked")
+            || (self == Layout::HuggingFace && bert::dropped(name))
     }
 }
 
@@ -194,7 +218,7 @@ pub fn map(state: &StateDict, arch: Arch, named: Option<Layout>) -> Result<Mappe
         dropped: Vec::new(),
     };
     for (name, tensor) in &state.tensors {
-        if name.ends_with(".num_batches_tracked") {
+        if layout.drops(name) {
             mapped.dropped.push(name.clone());
             continue;
         }

@@ -76,13 +76,14 @@ enum Block {
     Layers(Vec<Layer>),
     EfficientNet(efficientnet::Block),
     ResNet(resnet::Block),
+    Bert(bert::Block),
 }
 
 impl Block {
     fn forward(
         &self,
         x: &Tensor,
-        _mask: Option<&Tensor>,
+        mask: Option<&Tensor>,
         mode: Mode,
     ) -> candle_core::Result<Tensor> {
         match self {
@@ -96,6 +97,10 @@ impl Block {
             }
             Block::EfficientNet(block) => block.forward(x, mode),
             Block::ResNet(block) => block.forward(x, mode),
+            Block::Bert(block) => match mask {
+                Some(mask) => block.forward(x, mask, mode),
+                None => candle_core::bail!("texts need their attention mask"),
+            },
         }
     }
 }
@@ -237,7 +242,15 @@ impl Network {
                 pool = true;
                 depth.features()
             }
-            Arch::Bert => candle_core::bail!("bert is not built yet"),
+            Arch::Bert => {
+                let Some(config) = &model.config else {
+                    candle_core::bail!("bert needs its config (config.json)")
+                };
+                let pooling = model.pooling.unwrap_or(crate::spec::Pooling::Cls);
+                let built = bert::build(&mut p, config, pooling, seed)?;
+                blocks.extend(built.into_iter().map(Block::Bert));
+                config.hidden_size
+            }
         };
         let head = p.linear("head", features, classes)?;
         Ok(Network {

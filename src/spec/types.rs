@@ -218,6 +218,9 @@ pub enum CheckpointLayout {
     Timm,
     /// EfficientNet-PyTorch's (`_conv_stem.weight`, `_blocks.N._depthwise_conv.weight`, ...).
     EfficientnetPytorch,
+    /// Hugging Face transformers' BERT (`embeddings.word_embeddings.weight`,
+    /// `encoder.layer.N....`, with or without `bert.`).
+    Huggingface,
 }
 
 /// Pretraining of the source model.
