@@ -42,7 +42,7 @@ fn main() -> Result<()> {
         };
         let net = Network::new(&model, shape, 1000, 0, &Device::Cpu)?;
         let x = Tensor::zeros((BATCH, 3, size, size), DType::F32, &Device::Cpu)?;
-        let seconds = median_seconds(|| net.forward(&x).map(drop))?;
+        let seconds = median_seconds(|| net.forward(&x, None).map(drop))?;
         println!(
             "{size}x{size}: {:.3} s per batch, {:.1} images/s",
             seconds,
@@ -51,9 +51,9 @@ fn main() -> Result<()> {
         if size == 224 {
             let mut input = x.clone();
             for block in 0..net.block_count() {
-                let output = net.forward_blocks(&input, block..block + 1, Mode::Infer)?;
+                let output = net.forward_blocks(&input, None, block..block + 1, Mode::Infer)?;
                 let ms = median_seconds(|| {
-                    net.forward_blocks(&input, block..block + 1, Mode::Infer)
+                    net.forward_blocks(&input, None, block..block + 1, Mode::Infer)
                         .map(drop)
                 })? * 1e3;
                 println!("  b{}: {ms:.1} ms", block + 1);
@@ -73,7 +73,7 @@ fn main() -> Result<()> {
         &Device::Cpu,
     )?;
     let step = || {
-        let features = net.forward_blocks(&x, 0..net.block_count(), Mode::Train)?;
+        let features = net.forward_blocks(&x, None, 0..net.block_count(), Mode::Train)?;
         let loss = candle_nn::loss::cross_entropy(&net.head(&features)?, &labels)?;
         loss.backward().map(drop)
     };

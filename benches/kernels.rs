@@ -103,7 +103,7 @@ fn agreement(device: &Device) -> Result<f32> {
             AdamW::new(vars, params())?,
         );
         for _ in 0..5 {
-            let grads = net.forward(&x)?.sqr()?.mean_all()?.backward()?;
+            let grads = net.forward(&x, None)?.sqr()?.mean_all()?.backward()?;
             if ours {
                 adam.step(&grads)?;
             } else {
@@ -184,7 +184,7 @@ fn convolutions(device: &Device) -> Result<()> {
 fn adam(device: &Device) -> Result<()> {
     let net = cnn6(device)?;
     let x = Tensor::zeros((BATCH, 1, 28, 28), DType::F32, device)?;
-    let grads = net.forward(&x)?.sqr()?.mean_all()?.backward()?;
+    let grads = net.forward(&x, None)?.sqr()?.mean_all()?.backward()?;
     let vars = net.trainable_vars(0);
     let mut candle = AdamW::new(vars.clone(), params())?;
     let mut ours = Adam::new(vars, params())?;

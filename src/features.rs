@@ -19,6 +19,9 @@ use crate::model::{Mode, Network};
 /// one padded): matrix kernels sum in an order that depends on the shapes, so fixed shapes
 /// make an image's features the same whichever trial asked first and with which images.
 const CHUNK: usize = 256;
+/// Texts per forward pass: a text is far more work than a small image, and a chunk is
+/// padded to full size.
+const TEXT_CHUNK: usize = 32;
 
 /// What a cache entry holds features of.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -148,9 +151,14 @@ impl FeatureCache {
                 .map(|(at, &image)| (image, at as u32))
                 .collect();
             let mut parts: Vec<Tensor> = entry.tensor.iter().cloned().collect();
-            for chunk in missing.chunks(CHUNK) {
+            let size = if data.mask.is_some() {
+                TEXT_CHUNK
+            } else {
+                CHUNK
+            };
+            for chunk in missing.chunks(size) {
                 let mut at: Vec<u32> = chunk.iter().map(|i| position[i]).collect();
-                at.resize(CHUNK, at[0]);
+                at.resize(size, at[0]);
                 let at = Tensor::new(at, data.inputs.device())?;
                 let x = data.inputs.index_select(&at, 0)?;
                 let mask = data

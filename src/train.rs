@@ -175,6 +175,9 @@ pub fn fit(
         let last = net.forward_blocks(&x, mask.as_ref(), freeze_depth..blocks, Mode::Train)?;
         let logits = net.head(&last)?;
         let loss = cross_entropy(&logits, &data.targets.index_select(&examples, 0)?)?;
+        if let Some(schedule) = &train.schedule {
+            optimizer.set_lr(train.lr * schedule.factor(step - 1, steps));
+        }
         optimizer.backward_step(&loss)?;
         loss_sum = Some(match loss_sum {
             Some(sum) => (sum + loss.detach())?,
@@ -333,6 +336,7 @@ mod freezing_tests {
             weight_decay: None,
             momentum: None,
             log_every: 5,
+            schedule: None,
         };
         (net, data, train)
     }

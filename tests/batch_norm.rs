@@ -39,6 +39,7 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
     let examples = 12;
     let data = Batchable {
         inputs: Tensor::randn(0f32, 1.0, (examples, 3, 32, 32), &device).unwrap(),
+        mask: None,
         targets: Tensor::new(
             (0..examples as u32).map(|i| i % 3).collect::<Vec<_>>(),
             &device,
@@ -56,6 +57,7 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
         weight_decay: None,
         momentum: None,
         log_every: 1,
+        schedule: None,
     };
     let freeze_depth = 5;
     assert!(matches!(

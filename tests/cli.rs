@@ -249,7 +249,8 @@ fn validate_refuses_a_name_too_long_for_a_folder() {
 /// `xferlab models` lists every architecture's blocks; their parameters add up to the
 /// published counts once the 1000-class ImageNet classifier is counted back in:
 /// EfficientNet-Lite0 4,652,008 (its paper), ResNet-18/34/50 11,689,512, 21,797,672 and
-/// 25,557,032 (torchvision's model cards).
+/// 25,557,032 (torchvision's model cards); and all-MiniLM-L6-v2's blocks with its pooler
+/// (384x384 + 384) 22,713,216 (its model card).
 #[test]
 fn models_lists_the_blocks_with_published_parameter_counts() {
     let ran = Test::new().run(&["models"]);
@@ -277,4 +278,17 @@ fn models_lists_the_blocks_with_published_parameter_counts() {
             .sum();
         assert_eq!(backbone + features * 1000 + 1000, published, "{arch}");
     }
+    let bert = ran.stdout.split("\nbert (").nth(1).unwrap();
+    let blocks: usize = (bert.lines())
+        .filter(|l| l.starts_with('b') && l[1..2].parse::<u8>().is_ok())
+        .map(|l| {
+            l.split_whitespace()
+                .rev()
+                .nth(1)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(blocks + 384 * 384 + 384, 22_713_216);
 }

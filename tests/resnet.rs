@@ -145,7 +145,7 @@ fn logits_agree_with_torchvision_on_the_same_weights() {
         };
         let net = Network::new(&model(arch), shape, 1000, 7, &Device::Cpu).unwrap();
         net.load_all(&tensors_with_head).unwrap();
-        let ours = net.forward(&input).unwrap().to_vec2::<f32>().unwrap();
+        let ours = net.forward(&input, None).unwrap().to_vec2::<f32>().unwrap();
         let theirs: Vec<Vec<f32>> =
             serde_json::from_value(reference["logits"][name].clone()).unwrap();
         let (mut worst, mut largest) = (0f32, 0f32);

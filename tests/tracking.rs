@@ -68,7 +68,10 @@ fn assert_uploaded(api: &Api, experiment: &str, records: &BTreeMap<String, Value
             .map(|s| s.as_str().unwrap())
             .collect();
         assert_eq!(param("strategy"), strategies.join("="));
-        assert_eq!(param("model.arch"), "mlp");
+        assert_eq!(
+            param("model.arch"),
+            config["model"]["arch"].as_str().unwrap()
+        );
         let curve: Vec<(u64, f64)> = record["curve"]
             .as_array()
             .unwrap()
@@ -194,6 +197,29 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
             "{} holds the token",
             entry.display()
         );
+    }
+}
+
+#[test]
+fn a_text_sweep_is_logged_as_an_image_sweep_is() {
+    let uri = mlflow::shared();
+    let experiment = unique("texts");
+    let test = Test::new()
+        .file("spec.yaml", common::text_sweep())
+        .env("MLFLOW_TRACKING_URI", &uri);
+    let set = format!("--set=tracking.mlflow.experiment={experiment}");
+    let ran = test.run(&["run", "spec.yaml", "--device", "cpu", &set]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stderr.contains("4 trial(s) uploaded"), "{}", ran.stderr);
+    let api = Api::new(uri);
+    let records = test.records("texts");
+    assert_eq!(records.len(), 4);
+    let parent = assert_uploaded(&api, &experiment, &records);
+    assert_eq!(parent.info("status"), "FINISHED");
+    let (_, children) = sweep_runs(&api, &experiment);
+    for run in children.values() {
+        assert_eq!(run.param("model.arch").as_deref(), Some("bert"));
+        assert_eq!(run.param("model.max_length").as_deref(), Some("24"));
     }
 }
 

@@ -1,5 +1,7 @@
 //! `xferlab models`: each architecture's blocks as a table for people.
 
+use xferlab::data::Input;
+
 /// One architecture's blocks as a table, with its name, input and layouts around it.
 pub fn table(summary: &xferlab::model::summary::Summary) -> String {
     let shape = |dims: &[usize]| {
@@ -37,12 +39,13 @@ pub fn table(summary: &xferlab::model::summary::Summary) -> String {
         "-".into(),
         "classes".into(),
     ]);
+    let input = match input {
+        Input::Image(s) => format!("{}x{}x{}", s.channels, s.height, s.width),
+        Input::Tokens => format!("{} tokens", summary.blocks[0].output[0]),
+    };
     format!(
-        "{}{hidden} (input {}x{}x{}): {} blocks\n{}checkpoints: {}\n\n",
+        "{}{hidden} (input {input}): {} blocks\n{}checkpoints: {}\n\n",
         xferlab::model::import::arch_name(summary.model.arch),
-        input.channels,
-        input.height,
-        input.width,
         summary.blocks.len(),
         xferlab::table::render(&header, &lines, |c| c == 2, xferlab::table::Layout::Ruled),
         summary.layouts

@@ -284,8 +284,8 @@ mod tests {
                     .unwrap();
             }
         }
-        let train = list(dir.path(), Split::Train, Some(0.3)).unwrap();
-        let test = list(dir.path(), Split::Test, Some(0.3)).unwrap();
+        let train = list(dir.path(), Split::Train, Some(0.3), Kind::Images).unwrap();
+        let test = list(dir.path(), Split::Test, Some(0.3), Kind::Images).unwrap();
         assert_eq!(train.classes, ["a", "b"]);
         let count = |l: &Listing, label| l.files.iter().filter(|(_, c)| *c == label).count();
         // At least one image on each side, even for a class of two.

@@ -66,7 +66,7 @@ pub fn folder(root: &Path, split: Split, holdout: Option<f64>) -> Result<Texts, 
             at_file(
                 path,
                 format!(
-                    "{} is not UTF-8 text (byte {} is not)",
+                    "{} is not UTF-8 text (at byte {})",
                     shown(path),
                     e.utf8_error().valid_up_to()
                 ),

@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(tensors["b5.linear.weight"].dims(), &[256, 3136]);
         assert_eq!(tensors["head.weight"].dims(), &[5, 256]);
         let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(net.forward(&x).unwrap().dims(), &[2, 5]);
+        assert_eq!(net.forward(&x, None).unwrap().dims(), &[2, 5]);
     }
 
     #[test]

@@ -8,8 +8,11 @@ use candle_core::{DType, Device, Tensor};
 use super::batch_norm::is_running_statistic;
 use super::import::Layout;
 use super::{Mode, Network, block_of, efficientnet, resnet};
-use crate::data::ImageShape;
-use crate::spec::{Arch, ModelSpec};
+use crate::data::{ImageShape, Input};
+use crate::spec::{Arch, ModelSpec, Pooling};
+
+/// Tokens per text in the example input of a text encoder.
+const EXAMPLE_TOKENS: usize = 16;
 
 /// One block as `xferlab models` lists it.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +32,8 @@ pub struct BlockSummary {
 pub struct Summary {
     /// The model, as a spec names it.
     pub model: ModelSpec,
-    /// The input the shapes are for.
-    pub input: ImageShape,
+    /// The input the shapes are for (texts: `EXAMPLE_TOKENS` tokens).
+    pub input: Input,
     /// Its blocks.
     pub blocks: Vec<BlockSummary>,
     /// Width of the features the new head reads.
@@ -40,7 +43,7 @@ pub struct Summary {
 }
 
 /// Every architecture, with an example configuration and input.
-pub fn examples() -> Vec<(ModelSpec, ImageShape)> {
+pub fn examples() -> Vec<(ModelSpec, Input)> {
     let grey = ImageShape {
         channels: 1,
         height: 28,
@@ -57,28 +60,68 @@ pub fn examples() -> Vec<(ModelSpec, ImageShape)> {
                 hidden: Some(vec![128, 64]),
                 ..ModelSpec::plain(Arch::Mlp)
             },
-            grey,
+            grey.into(),
         ),
-        (ModelSpec::plain(Arch::Cnn6), grey),
-        (ModelSpec::plain(Arch::EfficientnetLite0), rgb),
-        (ModelSpec::plain(Arch::Resnet18), rgb),
-        (ModelSpec::plain(Arch::Resnet34), rgb),
-        (ModelSpec::plain(Arch::Resnet50), rgb),
+        (ModelSpec::plain(Arch::Cnn6), grey.into()),
+        (ModelSpec::plain(Arch::EfficientnetLite0), rgb.into()),
+        (ModelSpec::plain(Arch::Resnet18), rgb.into()),
+        (ModelSpec::plain(Arch::Resnet34), rgb.into()),
+        (ModelSpec::plain(Arch::Resnet50), rgb.into()),
+        (
+            ModelSpec {
+                pooling: Some(Pooling::Mean),
+                config: Some(minilm_l6()),
+                ..ModelSpec::plain(Arch::Bert)
+            },
+            Input::Tokens,
+        ),
     ]
 }
 
+/// all-MiniLM-L6-v2's shape (its `config.json`): the example text encoder.
+fn minilm_l6() -> super::bert::BertConfig {
+    super::bert::BertConfig {
+        vocab_size: 30522,
+        hidden_size: 384,
+        num_hidden_layers: 6,
+        num_attention_heads: 12,
+        intermediate_size: 1536,
+        max_position_embeddings: 512,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        hidden_act: "gelu".into(),
+    }
+}
+
 /// Builds `model` for `input` and measures each block.
-pub fn summary(model: &ModelSpec, input: ImageShape) -> candle_core::Result<Summary> {
+pub fn summary(model: &ModelSpec, input: Input) -> candle_core::Result<Summary> {
     let net = Network::new(model, input, 2, 0, &Device::Cpu)?;
     let tensors = net.tensors();
-    let mut x = Tensor::zeros(
-        (1, input.channels, input.height, input.width),
-        DType::F32,
-        &Device::Cpu,
-    )?;
+    let cpu = &Device::Cpu;
+    let (mut x, mask, shape) = match input {
+        Input::Image(s) => {
+            let x = Tensor::zeros((1, s.channels, s.height, s.width), DType::F32, cpu)?;
+            (x, None, s)
+        }
+        Input::Tokens => {
+            let ones = Tensor::ones((1, EXAMPLE_TOKENS), DType::F32, cpu)?;
+            let none = ImageShape {
+                channels: 0,
+                height: 0,
+                width: 0,
+            };
+            (
+                Tensor::zeros((1, EXAMPLE_TOKENS), DType::U32, cpu)?,
+                Some(ones),
+                none,
+            )
+        }
+    };
     let mut blocks = Vec::new();
-    for (i, inside) in insides(model, input).into_iter().enumerate() {
-        x = net.forward_blocks(&x, None, i..i + 1, Mode::Infer)?;
+    for (i, inside) in insides(model, shape).into_iter().enumerate() {
+        x = net.forward_blocks(&x, mask.as_ref(), i..i + 1, Mode::Infer)?;
         let parameters = (tensors.iter())
             .filter(|(name, _)| block_of(name) == Some(i + 1) && !is_running_statistic(name))
             .map(|(_, t)| t.elem_count())
@@ -155,6 +198,27 @@ fn insides(model: &ModelSpec, input: ImageShape) -> Vec<String> {
             all.extend((0..4).map(|layer| depth.describe(layer)));
             all
         }
-        Arch::Bert => Vec::new(),
+        Arch::Bert => {
+            let Some(c) = &model.config else {
+                return Vec::new();
+            };
+            let mut all = vec![format!(
+                "embeddings: {} tokens, {} positions, {} types, width {}, layernorm",
+                c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.hidden_size
+            )];
+            let layer = format!(
+                "self-attention ({} heads), feed-forward {}->{}, {}, 2 layernorms",
+                c.num_attention_heads, c.hidden_size, c.intermediate_size, c.hidden_act
+            );
+            all.extend((0..c.num_hidden_layers).map(|_| layer.clone()));
+            if let (Some(last), Some(pooling)) = (all.last_mut(), model.pooling) {
+                let pooling = match pooling {
+                    Pooling::Mean => "mean over tokens",
+                    Pooling::Cls => "the [CLS] token",
+                };
+                *last += &format!("; pooling: {pooling}");
+            }
+            all
+        }
     }
 }

@@ -11,7 +11,7 @@ use candle_nn::ParamsAdamW;
 pub struct Adam {
     /// Each variable with its moments: a `[2, n]` tensor, first moments then second.
     vars: Vec<(Var, Tensor)>,
-    params: ParamsAdamW,
+    pub(super) params: ParamsAdamW,
     step: i32,
 }
 

@@ -45,6 +45,14 @@ impl Optimizer {
         })
     }
 
+    /// Sets the learning rate (a schedule's, step by step).
+    pub fn set_lr(&mut self, lr: f64) {
+        match self {
+            Optimizer::Adam(adam) => adam.params.lr = lr,
+            Optimizer::Sgd(sgd) => sgd.lr = lr,
+        }
+    }
+
     /// Backpropagates `loss` and updates the variables.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         match self {

@@ -19,7 +19,7 @@ use super::layers::{
 };
 use super::location::PositionMap;
 use super::types::Spec;
-use crate::error::{InputError, Origin, Position};
+use crate::error::{InputError, Origin, Position, shown};
 
 /// Prefix of environment variables that override spec keys (`XFERLAB_TRAIN__LR=0.01`).
 pub const ENV_PREFIX: &str = "XFERLAB_";
@@ -217,11 +217,11 @@ impl LoadedSpec {
             Some(path) if path.is_dir() => {
                 let weights = super::hub::WEIGHTS.iter().map(|w| path.join(w));
                 let Some(file) = weights.clone().find(|w| w.is_file()) else {
-                    let looked: Vec<String> = weights.map(|w| w.display().to_string()).collect();
+                    let looked: Vec<String> = weights.map(|w| shown(&w)).collect();
                     return Err(self
                         .error(
                             key,
-                            format!("model folder {} has no weights file", path.display()),
+                            format!("model folder {} has no weights file", shown(path)),
                         )
                         .with_help(format!("looked for {}", looked.join(", "))));
                 };
@@ -249,7 +249,7 @@ impl LoadedSpec {
                 return Err(self
                     .error(
                         key,
-                        format!("model folder {} has no tokenizer.json", folder.display()),
+                        format!("model folder {} has no tokenizer.json", shown(folder)),
                     )
                     .with_help("give `model.tokenizer`, a Hugging Face tokenizer.json"));
             }
@@ -317,19 +317,19 @@ fn read_encoder_config(path: &Path) -> Result<crate::model::bert::BertConfig, In
         })
     };
     let text = std::fs::read_to_string(path)
-        .map_err(|e| at_file(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| at_file(format!("cannot read {}: {e}", shown(path))))?;
     let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| at_file(format!("{} is not JSON: {e}", path.display())))?;
+        .map_err(|e| at_file(format!("{} is not JSON: {e}", shown(path))))?;
     if let Some(kind) = value.get("model_type").and_then(|t| t.as_str())
         && kind != "bert"
     {
         return Err(at_file(format!(
             "{} describes a `{kind}` model; xferlab's text encoder reads `model_type: bert`",
-            path.display()
+            shown(path)
         )));
     }
     serde_json::from_value(value)
-        .map_err(|e| at_file(format!("{} is not a BERT config.json: {e}", path.display())))
+        .map_err(|e| at_file(format!("{} is not a BERT config.json: {e}", shown(path))))
 }
 
 /// The pooling a sentence-transformers `1_Pooling/config.json` declares; `cls` without one.

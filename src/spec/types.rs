@@ -323,6 +323,52 @@ pub struct TrainSpec {
     /// Record the mean training loss every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// How the learning rate changes over the steps: a linear warmup from 0, then constant,
+    /// linear or cosine decay to 0 (Hugging Face's schedules). Constant `lr` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// A learning-rate schedule (`train.schedule`), as Hugging Face's `get_*_schedule_with_warmup`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Steps over which the rate rises linearly from 0 to `lr`.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// What follows the warmup.
+    #[serde(default)]
+    pub decay: Decay,
+}
+
+/// The learning rate after the warmup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    /// `lr` to the end.
+    #[default]
+    Constant,
+    /// Linearly from `lr` to 0 at the last step.
+    Linear,
+    /// Half a cosine from `lr` to 0 at the last step.
+    Cosine,
+}
+
+impl ScheduleSpec {
+    /// The factor `lr` is multiplied by at step `step` (from 0) of `steps`: Hugging Face's
+    /// formulas (`transformers.optimization`), step 0 of a warmup included (factor 0).
+    pub fn factor(&self, step: usize, steps: usize) -> f64 {
+        let warmup = self.warmup_steps;
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        let progress = (step - warmup) as f64 / (steps.saturating_sub(warmup)).max(1) as f64;
+        match self.decay {
+            Decay::Constant => 1.0,
+            Decay::Linear => (1.0 - progress).max(0.0),
+            Decay::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+        }
+    }
 }
 
 /// Optimisers.
@@ -478,6 +524,24 @@ fn default_log_every() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedules_follow_hugging_faces_formulas() {
+        let schedule = |warmup_steps, decay| ScheduleSpec {
+            warmup_steps,
+            decay,
+        };
+        let linear = schedule(10, Decay::Linear);
+        let factors: Vec<f64> = [0, 5, 10, 55, 99].map(|s| linear.factor(s, 100)).to_vec();
+        assert_eq!(factors, [0.0, 0.5, 1.0, 0.5, 1.0 / 90.0]);
+        let cosine = schedule(0, Decay::Cosine);
+        assert_eq!(cosine.factor(0, 100), 1.0);
+        assert!((cosine.factor(50, 100) - 0.5).abs() < 1e-12);
+        assert!(
+            (cosine.factor(25, 100) - (0.5 + 0.5 * std::f64::consts::FRAC_1_SQRT_2)).abs() < 1e-12
+        );
+        assert_eq!(schedule(4, Decay::Constant).factor(60, 100), 1.0);
+    }
 
     #[test]
     fn strategy_names_are_serdes_spelling() {

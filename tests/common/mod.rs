@@ -146,3 +146,29 @@ sweep:
   target.train.per_class: [5, 20]
   seed: [0, 1]
 "#;
+
+/// A small text sweep with the real all-MiniLM-L6-v2 on real e-mails (both from assets/):
+/// 4 trials of a few steps on texts cut to 24 tokens; partial_freeze freezes b1..b3 (the
+/// embeddings and two layers). Trained weights are saved.
+pub fn text_sweep() -> String {
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    asset("all-minilm-l6-v2/model.safetensors");
+    format!(
+        r#"name: texts
+domain: text
+datasets:
+  spam: {{format: text_folder, dir: {assets}/spam-assassin}}
+model: {{arch: bert, max_length: 24}}
+source: {{checkpoint: {assets}/all-minilm-l6-v2}}
+target:
+  train: {{dataset: spam, split: train, per_class: 4}}
+  eval: {{dataset: spam, split: test, per_class: 10}}
+train: {{steps: 6, batch_size: 4, optimizer: adamw, lr: 1.0e-4, log_every: 2,
+        schedule: {{warmup_steps: 2, decay: linear}}}}
+strategies: [scratch, transfer, partial_freeze, finetune]
+freeze_depth: 3
+checkpoints: true
+"#,
+        assets = assets.display()
+    )
+}
