@@ -90,6 +90,11 @@ bench-kernels DEVICE="auto":
 bench-imagenet:
     scripts/bench-cpu benches/imagenet-cpu.yaml
 
+# Linear probes on the frozen all-MiniLM-L6-v2: encoder every step vs the feature cache
+[group('speed/GPU')]
+bench-text:
+    scripts/bench-cpu benches/minilm-cpu.yaml
+
 # Times and results side by side: just bench-gpu --jobs 8
 
 # EfficientNet-Lite0 on the CPU: forward images/s at 224 and 32, time per block, a training step
