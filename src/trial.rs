@@ -182,8 +182,9 @@ fn transfer(
     net.transfer_from(&source.tensors, config.transfer_depth)
         .map_err(|m| InputError::new(format!("source model {} {m}", source.label)))?;
     record.source = Some(source.label.clone());
-    // Features depend on the source, the depth, and the images: the dataset's split and
-    // definition, whatever subset or seed the trial samples from it.
+    // Features depend on the source, the depth, and the inputs: the dataset's split and
+    // definition (and for texts how they are tokenised), whatever subset or seed the trial
+    // samples from it.
     let features = |selection: &DataSelection, data| {
         let key = features::Key {
             source: source.label.clone(),
@@ -191,7 +192,9 @@ fn transfer(
             data: serde_json::json!([
                 selection.dataset,
                 selection.split,
-                config.datasets[&selection.dataset]
+                config.datasets[&selection.dataset],
+                config.model.tokenizer,
+                config.model.max_length
             ])
             .to_string(),
         };

@@ -137,3 +137,56 @@ fn a_text_sweep_killed_mid_run_resumes_to_the_same_records() {
     assert!(kept < 4, "killed after {kept} of 4 trials");
     assert_eq!(results(&run(&test, &[])), expected);
 }
+
+/// `source: {hub: ORG/NAME}` finds a text encoder in the local Hugging Face cache as the
+/// libraries lay it out, and its folder supplies the config, the tokenizer and the pooling.
+#[test]
+fn a_text_encoder_in_the_hugging_face_cache_is_found_by_name() {
+    let test = Test::new();
+    let model = test.join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    let snapshot = model.join("snapshots/0a1b");
+    std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(model.join("refs")).unwrap();
+    std::fs::write(model.join("refs/main"), "0a1b").unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "1_Pooling/config.json",
+    ] {
+        let target = asset(&format!("all-minilm-l6-v2/{file}"));
+        std::os::unix::fs::symlink(target, snapshot.join(file)).unwrap();
+    }
+    let folder = asset("all-minilm-l6-v2/config.json");
+    let spec = text_sweep().replace(
+        &format!(
+            "source: {{checkpoint: {}}}",
+            folder.parent().unwrap().display()
+        ),
+        "source: {hub: sentence-transformers/all-MiniLM-L6-v2}",
+    );
+    assert!(spec.contains("hub:"), "{spec}");
+    let hub = test.join("hub");
+    let test = (test.file("spec.yaml", spec)).env("HF_HUB_CACHE", hub.to_str().unwrap());
+    let ran = test.run(&["plan", "spec.yaml", "--json"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let plan: Value = serde_json::from_str(&ran.stdout).unwrap();
+    let config = &plan["trials"][1]["config"];
+    assert_eq!(
+        config["model"]["pooling"], "mean",
+        "from 1_Pooling/config.json"
+    );
+    assert_eq!(config["model"]["config"]["num_hidden_layers"], 6);
+    assert!(
+        config["model"]["tokenizer"]
+            .as_str()
+            .unwrap()
+            .ends_with("0a1b/tokenizer.json")
+    );
+    assert!(
+        config["source"]["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("0a1b/model.safetensors")
+    );
+}
