@@ -40,8 +40,9 @@ fn flat(tensor: &Tensor) -> Vec<f32> {
 
 #[test]
 fn frozen_layers_stay_the_checkpoints_and_cached_features_change_nothing() {
-    let cached = Test::new().file("spec.yaml", text_sweep());
-    let plain = Test::new().file("spec.yaml", text_sweep());
+    let spec = text_sweep() + "checkpoints: true\n";
+    let cached = Test::new().file("spec.yaml", &spec);
+    let plain = Test::new().file("spec.yaml", &spec);
     let with = run(&cached, &[]);
     let without = run(&plain, &["--feature-cache-mb", "0"]);
     assert_eq!(
@@ -108,7 +109,7 @@ fn results(records: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
 
 #[test]
 fn a_text_sweep_killed_mid_run_resumes_to_the_same_records() {
-    let spec = text_sweep().replace("steps: 6,", "steps: 40,");
+    let spec = text_sweep().replace("steps: 6,", "steps: 16,");
     let reference = Test::new().file("spec.yaml", &spec);
     let expected = results(&run(&reference, &[]));
 

@@ -206,7 +206,7 @@ fn a_text_sweep_is_logged_as_an_image_sweep_is() {
     let experiment = unique("texts");
     let test = Test::new()
         .file("spec.yaml", common::text_sweep())
-        .env("MLFLOW_TRACKING_URI", &uri);
+        .env("MLFLOW_TRACKING_URI", uri);
     let set = format!("--set=tracking.mlflow.experiment={experiment}");
     let ran = test.run(&["run", "spec.yaml", "--device", "cpu", &set]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);

@@ -47,6 +47,16 @@ impl<'a> Parameters<'a> {
         let values: Vec<f32> = (0..shape.iter().product())
             .map(|_| self.rng.random_range(-bound..bound))
             .collect();
+        self.variable(name, values, shape)
+    }
+
+    /// A variable of `shape` holding `values`, registered under `name`.
+    fn variable(
+        &mut self,
+        name: String,
+        values: Vec<f32>,
+        shape: &[usize],
+    ) -> candle_core::Result<Tensor> {
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
         let tensor = var.as_tensor().clone();
         self.insert(name, var);
@@ -103,10 +113,7 @@ impl<'a> Parameters<'a> {
         let values: Vec<f32> = (0..shape.iter().product())
             .map(|_| normal.sample(&mut self.rng))
             .collect();
-        let var = Var::from_tensor(&Tensor::from_vec(values, shape, self.device)?)?;
-        let tensor = var.as_tensor().clone();
-        self.insert(name, var);
-        Ok(tensor)
+        self.variable(name, values, shape)
     }
 
     /// A variable of `shape` with every value `value` (biases 0, LayerNorm's weight 1);
@@ -117,9 +124,6 @@ impl<'a> Parameters<'a> {
         shape: &[usize],
         value: f32,
     ) -> candle_core::Result<Tensor> {
-        let var = Var::from_tensor(&Tensor::full(value, shape, self.device)?)?;
-        let tensor = var.as_tensor().clone();
-        self.insert(name, var);
-        Ok(tensor)
+        self.variable(name, vec![value; shape.iter().product()], shape)
     }
 }

@@ -149,7 +149,7 @@ sweep:
 
 /// A small text sweep with the real all-MiniLM-L6-v2 on real e-mails (both from assets/):
 /// 4 trials of a few steps on texts cut to 24 tokens; partial_freeze freezes b1..b3 (the
-/// embeddings and two layers). Trained weights are saved.
+/// embeddings and two layers).
 pub fn text_sweep() -> String {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
     asset("all-minilm-l6-v2/model.safetensors");
@@ -167,7 +167,6 @@ train: {{steps: 6, batch_size: 4, optimizer: adamw, lr: 1.0e-4, log_every: 2,
         schedule: {{warmup_steps: 2, decay: linear}}}}
 strategies: [scratch, transfer, partial_freeze, finetune]
 freeze_depth: 3
-checkpoints: true
 "#,
         assets = assets.display()
     )
