@@ -82,14 +82,12 @@ enum Activation {
 }
 
 impl Activation {
-    fn parse(name: &str) -> candle_core::Result<Self> {
+    fn parse(name: &str) -> Option<Self> {
         match name {
-            "gelu" => Ok(Activation::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
-            "relu" => Ok(Activation::Relu),
-            other => candle_core::bail!(
-                "bert: hidden_act `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
-            ),
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
         }
     }
 
@@ -310,18 +308,28 @@ impl Block {
     }
 }
 
-/// Checks that `config` describes an encoder these blocks can run.
-fn check(config: &BertConfig) -> candle_core::Result<Activation> {
+/// Checks that `config` describes an encoder these blocks can run (the planner asks too);
+/// the error says why not.
+pub fn check(config: &BertConfig) -> Result<(), String> {
+    activation(config).map(drop).map_err(|e| match e {
+        candle_core::Error::Msg(message) => message,
+        other => other.to_string(),
+    })
+}
+
+/// The config's activation, once the config is known to be one these blocks run.
+fn activation(config: &BertConfig) -> candle_core::Result<Activation> {
     let c = config;
+    // Plain messages (not `bail!`, which may add a backtrace): people read them.
+    let refuse = |message: String| Err(candle_core::Error::Msg(message));
     if c.num_hidden_layers == 0 {
-        candle_core::bail!("bert: num_hidden_layers is 0; the last layer pools, so at least 1");
+        return refuse("num_hidden_layers is 0; the last layer pools, so at least 1".into());
     }
     if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
-        candle_core::bail!(
-            "bert: hidden_size {} is not divisible by num_attention_heads {}",
-            c.hidden_size,
-            c.num_attention_heads
-        );
+        return refuse(format!(
+            "hidden_size {} is not divisible by num_attention_heads {}",
+            c.hidden_size, c.num_attention_heads
+        ));
     }
     for (name, p) in [
         ("hidden_dropout_prob", c.hidden_dropout_prob),
@@ -331,10 +339,16 @@ fn check(config: &BertConfig) -> candle_core::Result<Activation> {
         ),
     ] {
         if !(0.0..1.0).contains(&p) {
-            candle_core::bail!("bert: {name} {p} is not in [0, 1)");
+            return refuse(format!("{name} {p} is not in [0, 1)"));
         }
     }
-    Activation::parse(&c.hidden_act)
+    match Activation::parse(&c.hidden_act) {
+        Some(activation) => Ok(activation),
+        None => refuse(format!(
+            "hidden_act `{}` is not one of gelu, gelu_new, gelu_pytorch_tanh, relu",
+            c.hidden_act
+        )),
+    }
 }
 
 /// The blocks b1..b(L+1) of `config`'s encoder, freshly initialised as BERT's
@@ -347,7 +361,7 @@ pub(crate) fn build(
     pooling: Pooling,
     seed: u64,
 ) -> candle_core::Result<Vec<Block>> {
-    let activation = check(config)?;
+    let activation = activation(config)?;
     let c = config;
     let h = c.hidden_size;
     // Each dropout its own stream: numbered in build order.

@@ -73,17 +73,8 @@ fn check_encoder(model: &ModelSpec, at: Locate) -> Result<(), InputError> {
     if let Some((key, _)) = sizes.iter().find(|(_, n)| *n == 0) {
         return Err(at(&format!("model.config.{key}"), format!("{key} is 0")));
     }
-    if !config
-        .hidden_size
-        .is_multiple_of(config.num_attention_heads)
-    {
-        return Err(at(
-            "model.config.num_attention_heads",
-            format!(
-                "{} attention heads do not divide hidden_size {}",
-                config.num_attention_heads, config.hidden_size
-            ),
-        ));
+    if let Err(why) = crate::model::bert::check(config) {
+        return Err(at("model.config", format!("bert's config: {why}")));
     }
     let longest = config.max_position_embeddings;
     if !(2..=longest).contains(&model.max_length()) {
