@@ -19,7 +19,7 @@ fn run(test: &Test, extra: &[&str]) -> BTreeMap<String, Value> {
     let ran = test.run(&args);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let records = test.records("texts");
-    assert_eq!(records.len(), 4);
+    assert_eq!(records.len(), 4, "{}", ran.stderr);
     for record in records.values() {
         assert_eq!(record["status"], "finished", "{record}");
     }
@@ -109,7 +109,13 @@ fn results(records: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
 
 #[test]
 fn a_text_sweep_killed_mid_run_resumes_to_the_same_records() {
-    let spec = text_sweep().replace("steps: 6,", "steps: 16,");
+    // Trials that train the top four blocks only: the debug build's optimizer is slow over
+    // all 22.7 M parameters.
+    let spec = text_sweep().replace("steps: 6,", "steps: 16,").replace(
+        "strategies: [scratch, transfer, partial_freeze, finetune]",
+        "strategies: [partial_freeze, transfer]\nsweep: {seed: [0, 1]}",
+    );
+    assert!(spec.contains("sweep:"));
     let reference = Test::new().file("spec.yaml", &spec);
     let expected = results(&run(&reference, &[]));
 
