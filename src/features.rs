@@ -164,7 +164,7 @@ impl FeatureCache {
                 let mask = data
                     .mask
                     .as_ref()
-                    .map(|m| m.index_select(&at, 0))
+                    .map(|m| m.tensor.index_select(&at, 0))
                     .transpose()?;
                 let out = net
                     .forward_blocks(&x, mask.as_ref(), 0..key.depth, Mode::Infer)?
@@ -196,7 +196,9 @@ impl FeatureCache {
 
 /// Bytes of one image's features at `depth`.
 fn row_size(net: &Network, data: &Batchable, depth: usize) -> candle_core::Result<usize> {
-    let mask = data.mask.as_ref().map(|m| m.narrow(0, 0, 1)).transpose()?;
+    let mask = (data.mask.as_ref())
+        .map(|m| m.tensor.narrow(0, 0, 1))
+        .transpose()?;
     let first = data.inputs.narrow(0, 0, 1)?;
     let one = net.forward_blocks(&first, mask.as_ref(), 0..depth, Mode::Infer)?;
     Ok(one.elem_count() * DType::F32.size_in_bytes())

@@ -130,7 +130,8 @@ pub fn fit(
     let mut loss_sum: Option<Tensor> = None;
     let mut since_log = 0;
     let mut unread: Vec<(usize, Tensor)> = Vec::new();
-    // (examples, rows of `inputs`) of the next UPLOAD_STEPS batches, one row per step.
+    // (examples, rows of `inputs`) of the next UPLOAD_STEPS batches, one row per step, and
+    // for texts each batch's longest text (from the host's lengths, not read back).
     let mut upcoming = None;
     for step in 1..=steps {
         if crate::interrupt::requested() {
@@ -155,18 +156,25 @@ pub fn fit(
                 Some(features) => taken.iter().map(|&i| features.rows[i as usize]).collect(),
                 None => taken.clone(),
             };
+            let longest: Vec<usize> = match &data.mask {
+                Some(mask) => (taken.chunks(batch))
+                    .map(|b| mask.longest(b.iter().map(|&i| i as usize)))
+                    .collect(),
+                None => Vec::new(),
+            };
             upcoming = Some((
                 Tensor::from_vec(taken, (count, batch), device)?,
                 Tensor::from_vec(rows, (count, batch), device)?,
+                longest,
             ));
         }
-        let (taken, rows) = upcoming.as_ref().expect("uploaded at the first step");
+        let (taken, rows, longest) = upcoming.as_ref().expect("uploaded at the first step");
         let examples = taken.get(within)?;
         let x = inputs.index_select(&rows.get(within)?, 0)?;
         let mask = (data.mask.as_ref())
-            .map(|m| m.index_select(&examples, 0))
+            .map(|m| m.tensor.index_select(&examples, 0))
             .transpose()?;
-        let (mut x, mask) = trimmed(x, mask, first_block < blocks)?;
+        let (mut x, mask) = trimmed(x, mask, longest.get(within), first_block < blocks)?;
         if first_block < freeze_depth {
             x = net
                 .forward_blocks(&x, mask.as_ref(), 0..freeze_depth, Mode::Infer)?
@@ -196,17 +204,17 @@ pub fn fit(
     Ok(Fit::Done(curve))
 }
 
-/// A batch of texts cut to its longest text (padding sits at the end): the mask always, the
-/// inputs when they still are token ids or token vectors (`tokens`), not pooled vectors.
+/// A batch of texts cut to its `longest` text (padding sits at the end): the mask always,
+/// the inputs when they still are token ids or token vectors (`tokens`), not pooled vectors.
 fn trimmed(
     x: Tensor,
     mask: Option<Tensor>,
+    longest: Option<&usize>,
     tokens: bool,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    let Some(mask) = mask else {
+    let (Some(mask), Some(&longest)) = (mask, longest) else {
         return Ok((x, None));
     };
-    let longest = mask.sum(1)?.max(0)?.to_scalar::<f32>()? as usize;
     let x = if tokens { x.narrow(1, 0, longest)? } else { x };
     Ok((x, Some(mask.narrow(1, 0, longest)?)))
 }
@@ -254,8 +262,9 @@ pub fn evaluate(
         let len = batch.min(examples - start);
         let targets = data.targets.narrow(0, start, len)?;
         let mask = (data.mask.as_ref())
-            .map(|m| m.narrow(0, start, len))
+            .map(|m| m.tensor.narrow(0, start, len))
             .transpose()?;
+        let longest = (data.mask.as_ref()).map(|m| m.longest(start..start + len));
         let (x, first_block) = match features {
             Some(features) => {
                 let rows = Tensor::new(&features.rows[start..start + len], device)?;
@@ -263,7 +272,7 @@ pub fn evaluate(
             }
             None => (data.inputs.narrow(0, start, len)?, 0),
         };
-        let (x, mask) = trimmed(x, mask, first_block < blocks)?;
+        let (x, mask) = trimmed(x, mask, longest.as_ref(), first_block < blocks)?;
         let last = net.forward_blocks(&x, mask.as_ref(), first_block..blocks, Mode::Infer)?;
         let logits = net.head(&last)?.detach();
         loss = (loss + (cross_entropy(&logits, &targets)? * len as f64)?)?;

@@ -85,14 +85,34 @@ pub(crate) fn count(labels: &[u32]) -> BTreeMap<u32, usize> {
 pub struct Batchable {
     /// (N, C, H, W), standardised; or (N, S) token ids (u32), padded.
     pub inputs: Tensor,
-    /// Texts: (N, S), 1 for a real token and 0 for padding (f32).
-    pub mask: Option<Tensor>,
+    /// Texts: which tokens are real.
+    pub mask: Option<Mask>,
     /// (N,) class indices 0..classes, as u32.
     pub targets: Tensor,
     /// Number of classes.
     pub classes: usize,
     /// Each example's index among its split's images (distinct): what the feature cache keys.
     pub images: Vec<u32>,
+}
+
+/// Which tokens of padded texts are real: padding sits at the end of each text.
+#[derive(Debug, Clone)]
+pub struct Mask {
+    /// (N, S), 1 for a real token and 0 for padding (f32), on the device.
+    pub tensor: Tensor,
+    /// Real tokens per text, on the host: a batch's longest is known without reading the
+    /// device.
+    pub lengths: Vec<u32>,
+}
+
+impl Mask {
+    /// The longest text among `examples` (indices into the rows).
+    pub fn longest(&self, examples: impl IntoIterator<Item = usize>) -> usize {
+        (examples.into_iter())
+            .map(|i| self.lengths[i] as usize)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// The datasets of a spec, each split loaded once and shared.
@@ -313,15 +333,18 @@ impl Catalog {
             let length = tokens.length;
             let mut ids = Vec::with_capacity(chosen.len() * length);
             let mut mask = Vec::with_capacity(chosen.len() * length);
+            let mut lengths = Vec::with_capacity(chosen.len());
             for &(index, _) in &chosen {
                 ids.extend_from_slice(&tokens.ids[index * length..(index + 1) * length]);
-                let real = tokens.lengths[index] as usize;
-                mask.extend((0..length).map(|i| if i < real { 1f32 } else { 0.0 }));
+                let real = tokens.lengths[index];
+                mask.extend((0..length).map(|i| if i < real as usize { 1f32 } else { 0.0 }));
+                lengths.push(real);
             }
             return batchable(chosen, classes, device, |n| {
+                let tensor = Tensor::from_vec(mask, (n, length), device)?;
                 Ok((
                     Tensor::from_vec(ids, (n, length), device)?,
-                    Some(Tensor::from_vec(mask, (n, length), device)?),
+                    Some(Mask { tensor, lengths }),
                 ))
             });
         }
@@ -378,7 +401,7 @@ fn batchable(
     chosen: Vec<(usize, u32)>,
     classes: usize,
     device: &Device,
-    inputs: impl FnOnce(usize) -> Result<(Tensor, Option<Tensor>)>,
+    inputs: impl FnOnce(usize) -> Result<(Tensor, Option<Mask>)>,
 ) -> Result<Batchable> {
     let targets: Vec<u32> = chosen.iter().map(|&(_, label)| label).collect();
     let (inputs, mask) = inputs(chosen.len())?;
