@@ -13,7 +13,7 @@ use crate::features::FeatureCache;
 use crate::plan::{Plan, Trial};
 use crate::source::Sources;
 use crate::store::{RunStore, Status, SweepIdentity, TrialRecord};
-use crate::tracking::{self, Sink, SweepStatus};
+use crate::tracking::{self, Sink};
 use crate::trial;
 
 /// How to run a sweep.
@@ -26,8 +26,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// MiB of frozen-prefix features kept for reuse across trials (0: none).
     pub feature_cache_mb: usize,
-    /// Run only this trial (an id, an id prefix, or a plan index).
-    pub trial: Option<String>,
+    /// Run only these trials (ids, id prefixes, or plan indexes); all when empty.
+    pub trials: Vec<String>,
 }
 
 /// What a `run` did.
@@ -76,47 +76,54 @@ pub enum Event<'a> {
 /// Receives a sweep's events; called from every job's thread.
 pub type Observer<'a> = &'a (dyn Fn(Event) + Sync);
 
-/// The trials `--trial` picks: one by index, id or unique id prefix; all when absent.
-pub fn select<'a>(plan: &'a Plan, trial: Option<&str>) -> Result<Vec<&'a Trial>, InputError> {
-    let Some(wanted) = trial else {
+/// The trials `--trial` picks, in plan order: each by index, id or unique id prefix; all
+/// when none is named.
+pub fn select<'a>(plan: &'a Plan, wanted: &[String]) -> Result<Vec<&'a Trial>, InputError> {
+    if wanted.is_empty() {
         return Ok(plan.trials.iter().collect());
-    };
-    if let Ok(index) = wanted.parse::<usize>()
-        && let Some(trial) = plan.trials.get(index)
-    {
-        return Ok(vec![trial]);
     }
-    let matches: Vec<&Trial> = plan
+    let mut picked = vec![false; plan.trials.len()];
+    for wanted in wanted {
+        picked[pick(plan, wanted)?] = true;
+    }
+    Ok(plan
         .trials
         .iter()
-        .filter(|t| t.id.starts_with(wanted))
+        .zip(picked)
+        .filter_map(|(trial, picked)| picked.then_some(trial))
+        .collect())
+}
+
+/// The plan index of one trial named by index, id or unique id prefix.
+fn pick(plan: &Plan, wanted: &str) -> Result<usize, InputError> {
+    if let Ok(index) = wanted.parse::<usize>()
+        && index < plan.trials.len()
+    {
+        return Ok(index);
+    }
+    let matches: Vec<usize> = (0..plan.trials.len())
+        .filter(|&i| plan.trials[i].id.starts_with(wanted))
         .collect();
-    match matches.len() {
-        1 => Ok(matches),
-        0 => Err(
+    match matches[..] {
+        [index] => Ok(index),
+        [] => Err(
             InputError::new(format!("no trial has index or id `{wanted}`")).with_help(format!(
                 "indexes run from 0 to {}; `xferlab plan SPEC` lists ids",
                 plan.trials.len().saturating_sub(1)
             )),
         ),
-        n => Err(InputError::new(format!("`{wanted}` starts {n} trial ids"))
-            .with_help("give more of the id")),
+        _ => Err(
+            InputError::new(format!("`{wanted}` starts {} trial ids", matches.len()))
+                .with_help("give more of the id"),
+        ),
     }
 }
 
 /// Runs the experiment's selected trials that have no finished record yet.
 pub fn run(experiment: &Experiment, options: &RunOptions, observe: Observer) -> Result<Summary> {
     let (loaded, plan) = (&experiment.loaded, &experiment.plan);
-    let selected = select(plan, options.trial.as_deref())?;
-    let store = RunStore::new(&options.store, &plan.name);
-    // Credentials written into a tracking address stay out of the store (and its uploads).
-    let mut saved = loaded.spec.clone();
-    if let Some(mlflow) = saved.tracking.as_mut().and_then(|t| t.mlflow.as_mut()) {
-        mlflow.uri = tracking::mlflow::redact(&mlflow.uri);
-    }
-    let spec_yaml = serde_yaml::to_string(&saved).expect("specs serialise");
-    store.write_plan(&spec_yaml, &loaded.overrides, plan)?;
-    let identity = store.identity(|| SweepIdentity::new(git_commit(&loaded.file.path)))?;
+    let selected = select(plan, &options.trials)?;
+    let (store, identity) = open_store(experiment, &options.store)?;
     let target = tracking::Target::of(&loaded.spec);
     let sink = target
         .as_ref()
@@ -190,17 +197,30 @@ pub fn run(experiment: &Experiment, options: &RunOptions, observe: Observer) -> 
         return Err(error);
     }
     if let (Some(sink), Some(target)) = (sink, &target) {
-        let records = store.records(plan)?;
-        let status = SweepStatus::of(plan, &records, summary.interrupted);
-        let report = tracking::Report::of(plan, &records);
         observe(Event::Note(&format!(
             "MLflow: finishing uploads to {}",
             tracking::mlflow::redact(&target.uri)
         )));
-        let outcome = sink.finish(status, report);
+        let outcome = sink.finish(summary.interrupted);
         summary.tracking = Some(outcome.describe(target, store.root()));
     }
     Ok(summary)
+}
+
+/// The sweep's folder under the store `root`, with the spec and plan saved into it and the
+/// sweep's identity (made now by the first to come).
+pub fn open_store(experiment: &Experiment, root: &Path) -> Result<(RunStore, SweepIdentity)> {
+    let loaded = &experiment.loaded;
+    let store = RunStore::new(root, &experiment.plan.name);
+    // Credentials written into a tracking address stay out of the store (and its uploads).
+    let mut saved = loaded.spec.clone();
+    if let Some(mlflow) = saved.tracking.as_mut().and_then(|t| t.mlflow.as_mut()) {
+        mlflow.uri = tracking::mlflow::redact(&mlflow.uri);
+    }
+    let spec_yaml = serde_yaml::to_string(&saved).expect("specs serialise");
+    store.write_plan(&spec_yaml, &loaded.overrides, &experiment.plan)?;
+    let identity = store.identity(|| SweepIdentity::new(git_commit(&loaded.file.path)))?;
+    Ok((store, identity))
 }
 
 /// The commit checked out in the git repository holding `file`, if it is in one.

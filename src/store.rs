@@ -38,15 +38,19 @@ pub enum Status {
 impl SweepIdentity {
     /// A new identity, now.
     pub fn new(git_commit: Option<String>) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         SweepIdentity {
             id: format!("{:016x}", rand::random::<u64>()),
-            created_at: now,
+            created_at: now(),
             git_commit,
         }
     }
+}
+
+/// Unix time now, in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A sweep's identity, fixed by its first `run`: tracking servers find its runs by `id`.
@@ -205,7 +209,8 @@ pub fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+/// A JSON file of the run store, read and parsed.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes =
         std::fs::read(path).map_err(Error::io(format!("cannot read {}", path.display())))?;
     parse_json(path, &bytes)
@@ -370,12 +375,33 @@ impl RunStore {
     /// Takes trial `id`'s lock, or None when another process holds it; with it, clears what
     /// a killed run of the trial left half-written.
     pub fn try_lock_trial(&self, id: &str) -> Result<Option<Lock>> {
-        let Some(lock) = lock(&self.root.join("locks").join(format!("{id}.lock")), false)? else {
-            return Ok(None);
+        let path = self.trial_lock_path(id);
+        // `is_running` holds the lock for an instant; a runner meeting that tries again.
+        let mut tries = 0;
+        let lock = loop {
+            match lock(&path, false)? {
+                Some(lock) => break lock,
+                None if tries < 3 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                None => return Ok(None),
+            }
         };
         remove_stale_temps(&self.record_path(id))?;
         remove_stale_temps(&self.checkpoint_path(id))?;
         Ok(Some(lock))
+    }
+
+    /// Whether a process (here or on another machine sharing the store) holds trial `id`'s
+    /// lock: it is running the trial. Tells by taking the lock for an instant.
+    pub fn is_running(&self, id: &str) -> Result<bool> {
+        let path = self.trial_lock_path(id);
+        Ok(path.is_file() && lock(&path, false)?.is_none())
+    }
+
+    fn trial_lock_path(&self, id: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{id}.lock"))
     }
 
     /// Saves trial `id`'s trained weights with `save`, atomically.

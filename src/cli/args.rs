@@ -67,9 +67,71 @@ pub enum Command {
         #[arg(long, value_name = "MIB", default_value_t = 4096, env = env::FEATURE_CACHE_MB)]
         feature_cache_mb: usize,
         /// Run only this trial: its index in the plan, or its id (a unique prefix will do).
-        #[arg(long, value_name = "ID|INDEX")]
-        trial: Option<String>,
+        /// Repeat it, or separate with commas, for several: `--trial 0,5,3f2a`.
+        #[arg(long = "trial", value_name = "ID|INDEX", value_delimiter = ',')]
+        trials: Vec<String>,
         /// Root folder of the run store.
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
+    /// Send the sweep to a Slurm cluster as one job array, all tasks writing into one store.
+    ///
+    /// Writes a readable sbatch script into the run store (<store>/<name>/slurm/), submits it
+    /// with `sbatch` and prints the job id. Each array task runs its share of the plan's trials
+    /// with `xferlab run --trial`; the source model is pretrained once (the first task that
+    /// needs it, under the store's lock, while the others wait). The store must be on a
+    /// filesystem every node sees, with working `flock` and `rename` (see the README).
+    /// Options override the spec's `launcher: {slurm: {...}}` block.
+    Submit {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Submit to Slurm (the launcher xferlab knows; also chosen by the spec's
+        /// `launcher.slurm`).
+        #[arg(long)]
+        slurm: bool,
+        /// Array tasks running at once (`--array=...%N`); default: as many as Slurm places.
+        #[arg(long, value_name = "N")]
+        parallel: Option<std::num::NonZeroU32>,
+        /// Trials each task runs, one after another (default 1).
+        #[arg(long, value_name = "K")]
+        trials_per_task: Option<std::num::NonZeroUsize>,
+        /// Slurm partition (queue).
+        #[arg(long, value_name = "P")]
+        partition: Option<String>,
+        /// Time limit per task, Slurm's format: 30, 2:00:00, 1-12:00:00. Slurm warns xferlab
+        /// 120 s before it, and the trial in progress is recorded as interrupted.
+        #[arg(long, value_name = "T")]
+        time: Option<String>,
+        /// GPUs per task.
+        #[arg(long, value_name = "G")]
+        gpus_per_task: Option<std::num::NonZeroU32>,
+        /// CPU cores per task (the task uses as many threads; 1 by default).
+        #[arg(long, value_name = "C")]
+        cpus_per_task: Option<std::num::NonZeroU32>,
+        /// One more `#SBATCH` option, e.g. --sbatch-arg=--account=proj (repeat for more).
+        #[arg(long = "sbatch-arg", value_name = "ARG", allow_hyphen_values = true)]
+        sbatch_args: Vec<String>,
+        /// Submit only the trials with no finished record (failed, interrupted, killed and
+        /// never started ones), as a smaller array. A trial still running elsewhere is
+        /// skipped by the new task that meets it, never run twice.
+        #[arg(long)]
+        resume: bool,
+        /// Write the script and print it; submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Root folder of the run store (written into the script as an absolute path).
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
+    /// How a sweep stands: trials finished, failed, interrupted, running, not started.
+    ///
+    /// Read from the run store, so it covers local runs and cluster jobs alike; for jobs
+    /// `xferlab submit` sent, also what `squeue` (and `sacct`, where accounting is on) says.
+    /// Exit code 0 when every trial is finished, 1 when some are left.
+    Status {
+        /// A sweep folder (runs/NAME) or the spec that made it.
+        run: PathBuf,
+        /// Root folder of the run store (when RUN is a spec).
         #[arg(long, default_value = "runs", env = env::STORE)]
         store: PathBuf,
     },

@@ -27,9 +27,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    xferlab::interrupt::install(|| {
+    xferlab::interrupt::install(|signal| {
         eprintln!(
-            "\ninterrupted: stopping after recording the trial in progress (Ctrl-C again to quit at once)"
+            "\ninterrupted ({signal}): stopping after recording the trial in progress (Ctrl-C again to quit at once)"
         )
     });
     match execute(Cli::parse().command) {
@@ -67,7 +67,7 @@ fn execute(command: Command) -> Result<u8, Error> {
             device,
             jobs,
             feature_cache_mb,
-            trial,
+            trials,
             store,
         } => {
             let experiment = Experiment::prepare(&spec.spec, &spec.overrides)?;
@@ -76,7 +76,7 @@ fn execute(command: Command) -> Result<u8, Error> {
                 store: store.clone(),
                 jobs: usize::from(jobs),
                 feature_cache_mb,
-                trial,
+                trials,
             };
             let progress = progress::Progress::default();
             let summary = runner::run(&experiment, &options, &|e| progress.show(e))?;
@@ -105,6 +105,103 @@ fn execute(command: Command) -> Result<u8, Error> {
             } else {
                 exit::SUCCESS
             })
+        }
+        Command::Submit {
+            spec,
+            slurm,
+            parallel,
+            trials_per_task,
+            partition,
+            time,
+            gpus_per_task,
+            cpus_per_task,
+            sbatch_args,
+            resume,
+            dry_run,
+            store,
+        } => {
+            let experiment = Experiment::prepare(&spec.spec, &spec.overrides)?;
+            let launcher = experiment.loaded.spec.launcher.as_ref();
+            let Some(mut settings) = launcher
+                .and_then(|l| l.slurm.clone())
+                .or_else(|| slurm.then(Default::default))
+            else {
+                return Err(xferlab::InputError::new("say where to submit the sweep")
+                    .with_help("add --slurm, or a `launcher: {slurm: {}}` block to the spec")
+                    .into());
+            };
+            settings.parallel = parallel.or(settings.parallel);
+            settings.trials_per_task = trials_per_task.unwrap_or(settings.trials_per_task);
+            settings.partition = partition.or(settings.partition);
+            settings.time = time.or(settings.time);
+            settings.gpus_per_task = gpus_per_task.or(settings.gpus_per_task);
+            settings.cpus_per_task = cpus_per_task.or(settings.cpus_per_task);
+            settings.sbatch_args.extend(sbatch_args);
+            let submission = xferlab::slurm::Submission {
+                experiment: &experiment,
+                store,
+                settings,
+                resume,
+            };
+            let Some(job) = submission.submit(dry_run)? else {
+                eprintln!("nothing to submit: every trial has a finished record");
+                return Ok(exit::SUCCESS);
+            };
+            let what = format!(
+                "{} trial(s) as {} array task(s)",
+                job.trials.len(),
+                job.tasks
+            );
+            match &job.job_id {
+                None => {
+                    let script = std::fs::read_to_string(&job.script)
+                        .map_err(Error::io(format!("cannot read {}", job.script.display())))?;
+                    print!("{script}");
+                    eprintln!(
+                        "dry run: {what} written to {}; submit it with: sbatch {}",
+                        job.script.display(),
+                        job.script.display()
+                    );
+                }
+                Some(id) => {
+                    println!("{id}");
+                    eprintln!(
+                        "submitted Slurm job {id}: {what}; script {}\nfollow it: xferlab status {}   (squeue -j {id}; logs in {})",
+                        job.script.display(),
+                        spec.spec.display(),
+                        job.script.with_file_name("logs").display()
+                    );
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Status { run, store } => {
+            let run_store = RunStore::find(&run, &store)?;
+            let plan = run_store.plan()?;
+            let states = xferlab::status::of(&run_store, &plan)?;
+            print!("{}", xferlab::status::render(&run_store, &plan, &states));
+            for job in xferlab::slurm::jobs(&run_store)? {
+                let id = job.job_id.as_deref().unwrap_or("?");
+                let slurm = xferlab::slurm::describe(id)
+                    .unwrap_or_else(|| "Slurm does not answer here".into());
+                println!(
+                    "Slurm job {id} ({}: {} trials as {} tasks): {slurm}",
+                    job.script.file_name().unwrap_or_default().to_string_lossy(),
+                    job.trials.len(),
+                    job.tasks
+                );
+            }
+            let left = states
+                .iter()
+                .filter(|s| **s != xferlab::status::State::Finished)
+                .count();
+            if left == 0 {
+                return Ok(exit::SUCCESS);
+            }
+            eprintln!(
+                "{left} trial(s) not finished: `xferlab run SPEC` runs them here, `xferlab submit SPEC --slurm --resume` on the cluster"
+            );
+            Ok(exit::FAILED)
         }
         Command::Report {
             runs,

@@ -55,6 +55,66 @@ pub struct Spec {
         regex(pattern = r"^(auto|cpu|cuda(:[0-9]+)?)$")
     )]
     pub device: Option<super::DeviceChoice>,
+    /// How `xferlab submit` sends the sweep to a cluster; `run` ignores it. Not part of a
+    /// trial's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<LauncherSpec>,
+}
+
+/// Cluster launchers `xferlab submit` knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LauncherSpec {
+    /// Slurm: the sweep becomes one job array; `submit --slurm` flags override these keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmSpec>,
+}
+
+/// A Slurm job array: each array task runs `trials_per_task` trials of the plan, writing into
+/// the shared run store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSpec {
+    /// Array tasks running at once (sbatch `--array=...%N`); all that Slurm can place when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<std::num::NonZeroU32>,
+    /// Trials each array task runs, one after another.
+    #[serde(default = "one")]
+    pub trials_per_task: std::num::NonZeroUsize,
+    /// Partition (queue) to submit to; the cluster's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Time limit of each array task, in Slurm's format (`30`, `2:00:00`, `1-12:00:00`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// GPUs for each array task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_per_task: Option<std::num::NonZeroU32>,
+    /// CPU cores for each array task; a task uses that many threads (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_per_task: Option<std::num::NonZeroU32>,
+    /// More `#SBATCH` options, written as given: `--account=proj`, `--mem=16G`, `--qos=low`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sbatch_args: Vec<String>,
+}
+
+impl Default for SlurmSpec {
+    fn default() -> Self {
+        SlurmSpec {
+            parallel: None,
+            trials_per_task: one(),
+            partition: None,
+            time: None,
+            gpus_per_task: None,
+            cpus_per_task: None,
+            sbatch_args: Vec::new(),
+        }
+    }
+}
+
+fn one() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::MIN
 }
 
 /// Tracking servers that receive the sweep besides the run store (the source of truth).

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Outcome, Report, SweepStatus, Target, Uploader};
+use super::{Outcome, Target, Uploader};
 use crate::plan::Plan;
 use crate::store::{RunStore, SweepIdentity, TrialRecord};
 
@@ -16,7 +16,8 @@ const RETRY_DOWN_AFTER: Duration = Duration::from_secs(30);
 /// What the upload thread is asked to do.
 enum Job {
     Trial(Box<TrialRecord>),
-    End(SweepStatus, Report),
+    /// The sweep's end; true when this process was interrupted.
+    End(bool),
 }
 
 /// Uploads a running sweep's records on a background thread.
@@ -70,9 +71,9 @@ impl Sink {
                         }
                         None => outcome.missed.push(record.id.clone()),
                     },
-                    Job::End(status, report) => {
+                    Job::End(interrupted) => {
                         if let Some(u) = ready {
-                            match u.end(status, &report) {
+                            match u.end(&plan, interrupted) {
                                 Ok(()) => outcome.ended = true,
                                 Err(e) => outcome.problem(&e),
                             }
@@ -91,9 +92,10 @@ impl Sink {
         let _ = self.jobs.send(Job::Trial(Box::new(record.clone())));
     }
 
-    /// Queues the sweep's end and waits for every upload to be done or given up.
-    pub fn finish(self, status: SweepStatus, report: Report) -> Outcome {
-        let _ = self.jobs.send(Job::End(status, report));
+    /// Queues the sweep's end (`interrupted` when this process was stopped) and waits for
+    /// every upload to be done or given up.
+    pub fn finish(self, interrupted: bool) -> Outcome {
+        let _ = self.jobs.send(Job::End(interrupted));
         drop(self.jobs);
         self.worker.join().unwrap_or_else(|_| Outcome {
             problems: vec!["the upload thread panicked".into()],

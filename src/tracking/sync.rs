@@ -1,6 +1,6 @@
 //! `xferlab sync`: uploads what the server does not have yet, from the run store.
 
-use super::{Outcome, Report, SweepStatus, Target, Uploader};
+use super::{Outcome, Target, Uploader};
 use crate::error::Result;
 use crate::store::{RunStore, SweepIdentity};
 
@@ -8,7 +8,6 @@ use crate::store::{RunStore, SweepIdentity};
 pub fn sync(target: &Target, store: &RunStore, say: &dyn Fn(&str)) -> Result<Outcome> {
     let plan = store.plan()?;
     let records = store.records(&plan)?;
-    let report = Report::of(&plan, &records);
     // A store made before sweeps had identities gets one now.
     let identity = store.identity(|| SweepIdentity::new(None))?;
     let mut outcome = Outcome::default();
@@ -40,7 +39,7 @@ pub fn sync(target: &Target, store: &RunStore, say: &dyn Fn(&str)) -> Result<Out
             }
         }
     }
-    match uploader.end(SweepStatus::of(&plan, &records, false), &report) {
+    match uploader.end(&plan, false) {
         Ok(()) => outcome.ended = true,
         Err(e) => outcome.problem(&e),
     }

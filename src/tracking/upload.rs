@@ -178,16 +178,18 @@ impl<'a> Uploader<'a> {
     }
 
     /// Marks the parent run as `status` says (RUNNING while trials remain), with the report.
-    pub fn end(
-        &self,
-        status: SweepStatus,
-        report: &Report,
-    ) -> std::result::Result<(), UploadError> {
+    pub fn end(&self, plan: &Plan, interrupted: bool) -> std::result::Result<(), UploadError> {
+        // Under the lock, from the records as they are now: of several processes sharing the
+        // sweep (a Slurm array), the one that ends last sees every record and sets the status.
+        let _lock = self.store.lock_tracking()?;
+        let records = self.store.records(plan)?;
+        let status = SweepStatus::of(plan, &records, interrupted);
+        let report = Report::of(plan, &records);
         let info = &self.parent.info;
         self.client
-            .upload(info, "report.md", report.markdown.clone().into_bytes())?;
+            .upload(info, "report.md", report.markdown.into_bytes())?;
         self.client
-            .upload(info, "report.json", report.json.clone().into_bytes())?;
+            .upload(info, "report.json", report.json.into_bytes())?;
         let end = (status != SweepStatus::Running).then(now_ms);
         self.client
             .set_status(&info.run_id, sweep_status(status), end)?;
