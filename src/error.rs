@@ -38,8 +38,8 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// Ctrl-C stopped the work.
-    #[error("interrupted by Ctrl-C")]
+    /// Ctrl-C or a stop signal stopped the work.
+    #[error("interrupted (Ctrl-C, SIGTERM or SIGUSR1)")]
     Interrupted,
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]

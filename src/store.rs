@@ -31,7 +31,7 @@ pub enum Status {
     Finished,
     /// Stopped by an error; `error` says why.
     Failed,
-    /// Stopped by Ctrl-C; `run` runs it again.
+    /// Stopped by Ctrl-C or a stop signal; `run` runs it again.
     Interrupted,
 }
 

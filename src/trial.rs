@@ -70,7 +70,7 @@ pub fn run(trial: &Trial, context: &Context) -> Result<TrialRecord> {
         Err(e @ (Error::Input(_) | Error::Io { .. })) => Err(e),
         Err(Error::Interrupted) => {
             record.status = Status::Interrupted;
-            record.error = Some("interrupted by Ctrl-C while preparing the trial".into());
+            record.error = Some("interrupted while preparing the trial".into());
             Ok(record)
         }
         Err(e) => {
@@ -131,7 +131,7 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
             record.curve = curve;
             record.steps = step;
             record.status = Status::Interrupted;
-            record.error = Some(format!("interrupted by Ctrl-C after step {step}"));
+            record.error = Some(format!("interrupted after step {step}"));
             return Ok(());
         }
         Fit::Diverged { step, curve } => {

@@ -37,8 +37,9 @@ fn cluster_env(command: &mut Command) -> &mut Command {
     command
         .env("SLURM_LOCAL_DIR", cluster_dir())
         .env("SLURM_LOCAL_PORT_BASE", port.to_string())
-        // Trials here are small: let 4 array tasks share the 2 real cores.
-        .env("SLURM_LOCAL_CPUS", "4")
+        // Trials here are small, and the tests run at once: let 16 array tasks share the 2
+        // real cores (each runs one thread).
+        .env("SLURM_LOCAL_CPUS", "16")
 }
 
 fn cluster_dir() -> String {
@@ -285,11 +286,7 @@ fn a_sweep_cancelled_half_way_and_resumed_runs_every_trial_once() {
         &quickstart(),
         &["--set", seeds, "--resume", "--parallel", "2"],
     );
-    let job: Value = serde_json::from_slice(
-        &std::fs::read(test.join(&format!("runs/quickstart/slurm/jobs/{again}.json"))).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(job["trials"].as_array().unwrap().len(), 15 - finished.len());
+    assert_eq!(job_trials(&test, &again).len(), 15 - finished.len());
     cluster.wait(&again, &test);
 
     let after = test.records("quickstart");
@@ -316,10 +313,19 @@ fn a_sweep_cancelled_half_way_and_resumed_runs_every_trial_once() {
     );
 }
 
+/// The trial ids job `id` submitted, in task order.
+fn job_trials(test: &Test, id: &str) -> Vec<String> {
+    let job: Value = serde_json::from_slice(
+        &std::fs::read(test.join(&format!("runs/quickstart/slurm/jobs/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    serde_json::from_value(job["trials"].clone()).unwrap()
+}
+
 #[test]
-fn a_killed_task_and_a_preempted_task_are_run_again_by_resume() {
+fn killed_preempted_warned_and_requeued_tasks_lose_nothing() {
     let cluster = cluster();
-    // Two finetune trials long enough to be caught running.
+    // Four finetune trials long enough to be caught running, one per task.
     let spec = std::fs::read_to_string(quickstart())
         .unwrap()
         .replace(
@@ -327,46 +333,70 @@ fn a_killed_task_and_a_preempted_task_are_run_again_by_resume() {
             "[finetune]",
         )
         .replace("steps: 200", "steps: 3000");
-    let spec = spec[..spec.find("sweep:").unwrap()].to_string() + "sweep: {seed: [0, 1]}\n";
+    let spec = spec[..spec.find("sweep:").unwrap()].to_string() + "sweep: {seed: [0, 1, 2, 3]}\n";
     let test = cluster.test().file("long.yaml", spec);
     let id = submit(&test, "long.yaml", &[]);
+    let trials = job_trials(&test, &id);
     let sources = test.join("runs/sources");
-    cluster.until("both trials running", &test, || {
+    cluster.until("all four trials running", &test, || {
         std::fs::read_dir(&sources).is_ok_and(|d| {
             d.flatten()
                 .any(|e| e.path().extension().is_some_and(|x| x == "json"))
-        }) && count(&test.run(&["status", "runs/quickstart"]).stdout, "running") == 2
+        }) && count(&test.run(&["status", "runs/quickstart"]).stdout, "running") == 4
     });
     std::thread::sleep(Duration::from_secs(1));
-    // exec in the script makes xferlab the batch shell: --batch signals reach it.
-    cluster.client("scancel", &["--batch", "--signal=KILL", &format!("{id}_0")]);
-    cluster.client("scancel", &["--batch", "--signal=TERM", &format!("{id}_1")]);
+    // exec in the script makes xferlab the batch shell: --batch signals reach it. Task 0 is
+    // killed outright; task 1 preempted (SIGTERM); task 2 warned of its time limit (SIGUSR1,
+    // which the script asks Slurm for); task 3 requeued by Slurm, and started again at once.
+    let task = |i: usize| format!("{id}_{i}");
+    cluster.client("scancel", &["--batch", "--signal=KILL", &task(0)]);
+    cluster.client("scancel", &["--batch", "--signal=TERM", &task(1)]);
+    cluster.client("scancel", &["--batch", "--signal=USR1", &task(2)]);
+    cluster.client("scontrol", &["requeue", &task(3)]);
+    cluster.until("the requeued task pending", &test, || {
+        cluster
+            .client("squeue", &["-h", "-j", &task(3), "-o", "%T"])
+            .trim()
+            == "PENDING"
+    });
+    cluster.client(
+        "scontrol",
+        &["update", &format!("JobId={}", task(3)), "StartTime=now"],
+    );
     cluster.wait(&id, &test);
 
     let records = test.records("quickstart");
+    let status = |i: usize| records.get(&trials[i]).map(|r| r["status"].clone());
+    assert_eq!(status(0), None, "the killed task wrote nothing");
+    assert_eq!(status(1), Some("interrupted".into()));
+    assert_eq!(status(2), Some("interrupted".into()));
     assert_eq!(
-        records.len(),
-        1,
-        "only the preempted trial has a record: {records:?}"
+        status(3),
+        Some("finished".into()),
+        "the requeued task ran it again"
     );
-    let preempted = records.values().next().unwrap();
-    assert_eq!(preempted["status"], "interrupted", "{preempted}");
-    assert!(
-        logs(&test).contains("interrupted (SIGTERM)"),
-        "{}",
-        logs(&test)
-    );
+    let logs = logs(&test);
+    for signal in ["SIGTERM", "SIGUSR1"] {
+        assert!(logs.contains(&format!("interrupted ({signal})")), "{logs}");
+    }
     let status = test.run(&["status", "runs/quickstart"]).stdout;
-    assert_eq!(count(&status, "interrupted"), 1, "{status}");
+    assert_eq!(count(&status, "finished"), 1, "{status}");
+    assert_eq!(count(&status, "interrupted"), 2, "{status}");
     assert_eq!(count(&status, "not started"), 1, "{status}");
 
+    let requeued = records[&trials[3]].clone();
     let again = submit(&test, "long.yaml", &["--resume"]);
+    assert_eq!(job_trials(&test, &again), trials[..3]);
     cluster.wait(&again, &test);
     let records = test.records("quickstart");
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 4);
     assert!(
         records.values().all(|r| r["status"] == "finished"),
         "{records:?}"
+    );
+    assert_eq!(
+        records[&trials[3]], requeued,
+        "a finished trial is never run again"
     );
 }
 
