@@ -21,6 +21,16 @@ validate SPEC *ARGS:
 plan SPEC *ARGS:
     cargo run --release -- plan {{SPEC}} {{ARGS}}
 
+# Send a sweep to Slurm as one job array: just submit experiments/quickstart.yaml --parallel 4
+[group('running sweeps')]
+submit SPEC *ARGS:
+    cargo run --release -- submit {{SPEC}} --slurm {{ARGS}}
+
+# Show how a sweep stands: finished, failed, interrupted, running and not started trials
+[group('running sweeps')]
+status RUN *ARGS:
+    cargo run --release -- status {{RUN}} {{ARGS}}
+
 # Print the result tables of a sweep folder or spec: just report runs/quickstart --html page.html
 [group('results')]
 report RUN *ARGS:
