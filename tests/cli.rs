@@ -162,10 +162,44 @@ fn the_spec_names_the_device_and_the_command_line_overrides_it() {
     assert_eq!(record["device"], "cpu");
 }
 
+/// `--trial` names several trials, by index or id, repeated or separated by commas (as the
+/// Slurm script passes a task's share); one unknown name refuses them all.
+#[test]
+fn run_trial_takes_several() {
+    let test = Test::new().file("spec.yaml", SMALL_SWEEP);
+    let plan = test.run(&["plan", "spec.yaml", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let id = plan["trials"][5]["id"].as_str().unwrap().to_string();
+    let ran = test.run(&["run", "spec.yaml", "--trial", "0,zzz"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("no trial has index or id `zzz`"),
+        "{}",
+        ran.stderr
+    );
+    assert!(test.records("small").is_empty());
+    let ran = test.run(&[
+        "run",
+        "spec.yaml",
+        "--trial",
+        &format!("2,{id}"),
+        "--trial",
+        "0",
+    ]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let mut indexes: Vec<u64> = (test.records("small").values())
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, [0, 2, 5]);
+}
+
 /// Every `[env: XFERLAB_...=]` the help of any subcommand advertises, with the subcommand.
 fn advertised_variables() -> Vec<(String, String)> {
     let mut found = Vec::new();
-    for command in ["validate", "plan", "run", "report", "sync", "schema"] {
+    for command in [
+        "validate", "plan", "run", "submit", "status", "report", "sync", "schema",
+    ] {
         let help = Test::new().run(&[command, "--help"]).stdout;
         for piece in help.split("[env: ").skip(1) {
             let name = piece.split('=').next().unwrap().to_string();
