@@ -511,3 +511,80 @@ fn bad_submissions_are_refused_clearly() {
     assert!(ran.stderr.contains("bad.yaml:"), "{}", ran.stderr);
     assert!(!test.join("bad").exists(), "nothing written for a bad spec");
 }
+
+#[test]
+fn the_spec_launcher_block_and_the_flags_make_the_script() {
+    let spec = std::fs::read_to_string(quickstart()).unwrap()
+        + "launcher:\n  slurm: {parallel: 3, trials_per_task: 5, partition: gpu, time: '1:00:00', sbatch_args: [--mem=4G]}\n";
+    let test = Test::new().file("spec.yaml", spec);
+    let script = |args: &[&str]| {
+        let ran = test.run(&[&["submit", "spec.yaml", "--dry-run"], args].concat());
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        ran.stdout
+    };
+    // The block alone chooses Slurm; 75 trials, 5 per task.
+    let from_spec = script(&[]);
+    for line in [
+        "#SBATCH --array=0-14%3\n",
+        "#SBATCH --partition=gpu\n",
+        "#SBATCH --time=1:00:00\n",
+        "#SBATCH --mem=4G\n",
+    ] {
+        assert!(from_spec.contains(line), "{line}in:\n{from_spec}");
+    }
+    assert!(!from_spec.contains("--gpus-per-task"), "{from_spec}");
+    // --set and flags override it; --sbatch-arg adds to its sbatch_args.
+    let overridden = script(&[
+        "--set",
+        "launcher.slurm.partition=cpu",
+        "--parallel",
+        "7",
+        "--trials-per-task",
+        "25",
+        "--gpus-per-task",
+        "1",
+        "--cpus-per-task",
+        "4",
+        "--sbatch-arg=--account=proj",
+    ]);
+    for line in [
+        "#SBATCH --array=0-2%7\n",
+        "#SBATCH --partition=cpu\n",
+        "#SBATCH --gpus-per-task=1\n",
+        "#SBATCH --cpus-per-task=4\n",
+        "#SBATCH --mem=4G\n",
+        "#SBATCH --account=proj\n",
+        "SHARE=(\"${TRIALS[@]:SLURM_ARRAY_TASK_ID*25:25}\")\n",
+        " --set launcher.slurm.partition=cpu --trial ",
+    ] {
+        assert!(overridden.contains(line), "{line}in:\n{overridden}");
+    }
+    // The script is bash that runs each task's share: run task 2 of 3 with `xferlab` made a
+    // function that prints its arguments.
+    let script_file = test.join("runs/quickstart/slurm/submit-2.sbatch");
+    let text = std::fs::read_to_string(&script_file)
+        .unwrap()
+        .replace("exec ", "");
+    let text = text.replacen(
+        "\nset -euo pipefail\n",
+        &format!(
+            "\nset -euo pipefail\n{} () {{ printf '%s\\n' \"$@\"; }}\n",
+            common::binary()
+        ),
+        1,
+    );
+    let ran = Command::new("bash")
+        .arg("-c")
+        .arg(&text)
+        .env("SLURM_ARRAY_TASK_ID", "2")
+        .output()
+        .unwrap();
+    let args = String::from_utf8(ran.stdout).unwrap();
+    let share = args.lines().last().unwrap();
+    let plan: Value =
+        serde_json::from_str(&test.run(&["plan", "spec.yaml", "--json"]).stdout).unwrap();
+    let ids: Vec<&str> = (50..75)
+        .map(|i| plan["trials"][i]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(share, ids.join(","), "{args}");
+}
