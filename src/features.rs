@@ -44,6 +44,16 @@ pub struct Features {
     pub rows: Vec<u32>,
 }
 
+impl Features {
+    /// The features of the examples at `examples` (indexes into `rows`), sharing the tensor.
+    pub fn subset(&self, examples: &[u32]) -> Features {
+        Features {
+            tensor: self.tensor.clone(),
+            rows: examples.iter().map(|&e| self.rows[e as usize]).collect(),
+        }
+    }
+}
+
 struct Entry {
     /// Row of each image (by its index in the split) in `tensor`.
     rows: HashMap<u32, u32>,

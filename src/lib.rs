@@ -9,6 +9,7 @@ pub mod error;
 pub mod experiment;
 pub mod features;
 pub mod interrupt;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plan;

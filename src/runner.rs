@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub feature_cache_mb: usize,
     /// Run only these trials (ids, id prefixes, or plan indexes); all when empty.
     pub trials: Vec<String>,
+    /// Wait for a trial another process holds, then run it unless that process finished it
+    /// (else skip it as busy).
+    pub wait: bool,
 }
 
 /// What a `run` did.
@@ -149,6 +152,7 @@ pub fn run(experiment: &Experiment, options: &RunOptions, observe: Observer) -> 
         experiment,
         store: &store,
         observe,
+        wait: options.wait,
     };
     let queue = Mutex::new(pending.into_iter());
     let tally = Mutex::new((summary, None::<Error>));
@@ -241,6 +245,8 @@ struct Shared<'a> {
     experiment: &'a Experiment,
     store: &'a RunStore,
     observe: Observer<'a>,
+    /// `RunOptions::wait`.
+    wait: bool,
 }
 
 /// A device with the source models and frozen-prefix features loaded on it. On the CPU every
@@ -295,7 +301,7 @@ impl From<Error> for Skipped {
 impl Shared<'_> {
     /// Runs one trial under its lock and writes its record.
     fn run(&self, trial: &Trial, lane: &Lane) -> std::result::Result<TrialRecord, Skipped> {
-        let Some(_lock) = self.store.try_lock_trial(&trial.id)? else {
+        let Some(_lock) = self.store.lock_trial(&trial.id, self.wait)? else {
             (self.observe)(Event::Busy(trial));
             return Err(Skipped::Busy);
         };

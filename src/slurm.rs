@@ -172,6 +172,9 @@ impl Submission<'_> {
             run.push("--set".into());
             run.push(quote(set));
         }
+        // Each trial belongs to one task: one held by another process (the task's last run,
+        // still exiting after a requeue; an earlier array's task) is waited for, not skipped.
+        run.push("--wait".into());
         run.push("--trial".into());
         run.push("\"${SHARE[*]}\"".into());
 
@@ -281,7 +284,14 @@ pub fn jobs(store: &RunStore) -> Result<Vec<Job>> {
 /// What Slurm says about a job's array tasks: `squeue`'s states of those still queued or
 /// running, and `sacct`'s of all where accounting answers. None when neither answers.
 pub fn describe(job: &str) -> Option<String> {
-    let queued = answer("squeue", &["-h", "-r", "-j", job, "-o", "%T"]);
+    // Every task, filtered here: `squeue -j JOB` can miss a requeued task waiting to restart.
+    let queued = answer("squeue", &["-h", "-r", "-o", "%i %T"]).map(|all| {
+        (all.lines())
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(task, _)| task.split('_').next() == Some(job))
+            .map(|(_, state)| format!("{state}\n"))
+            .collect::<String>()
+    });
     let accounted = answer("sacct", &["-n", "-X", "-P", "-j", job, "-o", "State"]);
     let tally = |lines: &str| {
         let mut counts = std::collections::BTreeMap::<&str, usize>::new();

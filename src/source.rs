@@ -134,7 +134,7 @@ impl Sources {
             )?;
             let batches = seed("batches");
             let curve = match train::fit(&net, &data, None, &pretrain.train, 0, batches)? {
-                Fit::Done(curve) => curve,
+                Fit::Done(curve, _) => curve,
                 Fit::Interrupted { .. } => return Err(Error::Interrupted),
                 Fit::Diverged { step, .. } => {
                     return Err(InputError::new(format!("pretraining the source model diverged: the training loss was not finite at step {step}"))

@@ -112,6 +112,9 @@ pub struct TrialRecord {
     pub xferlab_version: String,
     /// Canonical config.
     pub config: TrialConfig,
+    /// With `train.early_stopping`: the best validation's step and value, and the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<crate::train::EarlyStop>,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.
@@ -372,14 +375,14 @@ impl RunStore {
         write_atomic(&self.record_path(&record.id), &json)
     }
 
-    /// Takes trial `id`'s lock, or None when another process holds it; with it, clears what
-    /// a killed run of the trial left half-written.
-    pub fn try_lock_trial(&self, id: &str) -> Result<Option<Lock>> {
+    /// Takes trial `id`'s lock, or None when another process holds it (with `wait`, waits for
+    /// it instead); with it, clears what a killed run of the trial left half-written.
+    pub fn lock_trial(&self, id: &str, wait: bool) -> Result<Option<Lock>> {
         let path = self.trial_lock_path(id);
         // `is_running` holds the lock for an instant; a runner meeting that tries again.
         let mut tries = 0;
         let lock = loop {
-            match lock(&path, false)? {
+            match lock(&path, wait)? {
                 Some(lock) => break lock,
                 None if tries < 3 => {
                     tries += 1;

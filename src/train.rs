@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Batchable;
 use crate::features::Features;
+use crate::metrics::Metrics;
 use crate::model::{Mode, Network};
-use crate::optim::Optimizer;
-use crate::spec::TrainSpec;
+use crate::optim::{Optimizer, Param};
+use crate::spec::{StopMetric, TrainSpec};
 
 /// Images per evaluation batch.
 const EVAL_BATCH: usize = 1024;
@@ -27,20 +28,58 @@ pub struct CurvePoint {
     pub loss: f64,
 }
 
-/// Accuracy and mean loss on a data set.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Accuracy, mean loss and the other metrics on a data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Fraction classified correctly.
     pub accuracy: f64,
     /// Mean cross-entropy.
     pub loss: f64,
+    /// Macro-F1, calibration error, per-class accuracy, confusion matrix; absent from records
+    /// written before xferlab measured them.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+}
+
+/// How early stopping went.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStop {
+    /// Step of the best validation; the trained model has its weights.
+    pub best_step: usize,
+    /// That validation's loss or accuracy (the metric watched).
+    pub best: f64,
+    /// The last step run: before the planned last one when patience ran out.
+    pub stop_step: usize,
+    /// Examples held out for validation.
+    pub validation_examples: usize,
+}
+
+/// Early stopping's split of the training examples (`targets`): of each class, round(holdout
+/// x its count) examples, at most all but one, chosen by a seeded shuffle, validate; the rest
+/// train. Both lists ascending.
+fn holdout(targets: &[u32], classes: usize, fraction: f64, seed: u64) -> (Vec<u32>, Vec<u32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut train, mut validate) = (Vec::new(), Vec::new());
+    for class in 0..classes as u32 {
+        let mut members: Vec<u32> = (0..targets.len() as u32)
+            .filter(|&i| targets[i as usize] == class)
+            .collect();
+        members.shuffle(&mut rng);
+        let held = ((fraction * members.len() as f64).round() as usize)
+            .min(members.len().saturating_sub(1));
+        validate.extend_from_slice(&members[..held]);
+        train.extend_from_slice(&members[held..]);
+    }
+    train.sort_unstable();
+    validate.sort_unstable();
+    (train, validate)
 }
 
 /// How training ended.
 #[derive(Debug)]
 pub enum Fit {
-    /// Every step ran.
-    Done(Vec<CurvePoint>),
+    /// Every step ran, or early stopping stopped it (with the best validation's weights kept).
+    Done(Vec<CurvePoint>, Option<EarlyStop>),
     /// The loss stopped being a finite number.
     Diverged {
         /// Step at the end of the interval whose mean loss was not finite.
@@ -75,11 +114,12 @@ struct BatchOrder {
 }
 
 impl BatchOrder {
-    fn new(examples: usize, seed: u64) -> Self {
+    /// Batches of the examples `order` lists.
+    fn new(order: Vec<u32>, seed: u64) -> Self {
         BatchOrder {
             rng: ChaCha8Rng::seed_from_u64(seed),
-            order: (0..examples as u32).collect(),
-            next: examples,
+            next: order.len(),
+            order,
         }
     }
 
@@ -101,6 +141,20 @@ impl BatchOrder {
 /// Batch indices go to the device this many steps at a time, not once per step.
 const UPLOAD_STEPS: usize = 256;
 
+/// The variables of blocks above `freeze_depth` and of the head, each with its learning rate
+/// factor (layer-wise decay, the head's own rate).
+pub fn params(net: &Network, train: &TrainSpec, freeze_depth: usize) -> Vec<Param> {
+    let blocks = net.block_count();
+    net.trainable(freeze_depth)
+        .into_iter()
+        .map(|(name, var)| Param {
+            factor: train.rate_factor(crate::model::block_of(&name), blocks),
+            name,
+            var,
+        })
+        .collect()
+}
+
 /// Trains `net` on `data` with blocks 1..`freeze_depth` frozen: their variables are not given
 /// to the optimizer and their output is detached, so no gradient graph is built through them.
 /// With `features` (their output, cached) the frozen blocks do not run at all.
@@ -112,7 +166,25 @@ pub fn fit(
     freeze_depth: usize,
     seed: u64,
 ) -> candle_core::Result<Fit> {
-    let examples = data.targets.dim(0)?;
+    let stopping = train.early_stopping.as_ref();
+    let (trained, validation) = match stopping {
+        None => ((0..data.targets.dim(0)? as u32).collect(), None),
+        Some(stop) => {
+            let targets = data.targets.to_vec1::<u32>()?;
+            let seed = crate::plan::derive_seed(seed, "holdout");
+            let (trained, held) = holdout(&targets, data.classes, stop.holdout, seed);
+            if held.is_empty() {
+                candle_core::bail!(
+                    "early stopping's holdout {} of {} training examples leaves none to validate: raise holdout or the examples per class",
+                    stop.holdout,
+                    targets.len()
+                );
+            }
+            let features = features.map(|f| f.subset(&held));
+            (trained, Some((data.subset(&held)?, features)))
+        }
+    };
+    let examples = trained.len();
     let blocks = net.block_count();
     let batch = train.batch_size.min(examples);
     let steps = step_count(train, examples);
@@ -121,8 +193,13 @@ pub fn fit(
         Some(features) => (&features.tensor, freeze_depth),
         None => (&data.inputs, 0),
     };
-    let mut optimizer = Optimizer::new(train, net.trainable_vars(freeze_depth))?;
-    let mut order = BatchOrder::new(examples, seed);
+    let mut optimizer = Optimizer::new(train, params(net, train, freeze_depth))?;
+    let mut order = BatchOrder::new(trained, seed);
+    // The best validation so far (step, value), its weights, and validations since.
+    let mut best: Option<(usize, f64)> = None;
+    let mut kept = Vec::new();
+    let mut waited = 0;
+    let mut stop_step = steps;
     let mut curve = Vec::new();
     // Losses stay on the device: the sum since the last curve point, and the curve points
     // not read yet. They are read with each upload of batch indices, so the host waits for
@@ -192,16 +269,56 @@ pub fn fit(
             None => loss.detach(),
         });
         since_log += 1;
-        if step % train.log_every == 0 || step == steps {
+        let mut last = step == steps;
+        if let (Some(stop), Some((held, held_features))) = (stopping, &validation)
+            && (step % stop.every == 0 || last)
+        {
+            let eval = evaluate(net, held, held_features.as_ref(), freeze_depth)?;
+            let value = match stop.metric {
+                StopMetric::Loss => eval.loss,
+                StopMetric::Accuracy => eval.accuracy,
+            };
+            let better = best.is_none_or(|(_, b)| match stop.metric {
+                StopMetric::Loss => value < b,
+                StopMetric::Accuracy => value > b,
+            });
+            if better {
+                best = Some((step, value));
+                kept = net.snapshot(freeze_depth)?;
+                waited = 0;
+            } else {
+                waited += 1;
+            }
+            if waited >= stop.patience {
+                stop_step = step;
+                last = true;
+            }
+        }
+        if step % train.log_every == 0 || last {
             let sum = loss_sum.take().expect("a step ran");
             unread.push((step, (sum / since_log as f64)?));
             since_log = 0;
+        }
+        if last {
+            break;
         }
     }
     if let Some(step) = read_losses(&mut unread, &mut curve)? {
         return Ok(Fit::Diverged { step, curve });
     }
-    Ok(Fit::Done(curve))
+    let early = match (best, &validation) {
+        (Some((best_step, best)), Some((held, _))) => {
+            Network::restore(&kept)?;
+            Some(EarlyStop {
+                best_step,
+                best,
+                stop_step,
+                validation_examples: held.targets.dim(0)?,
+            })
+        }
+        _ => None,
+    };
+    Ok(Fit::Done(curve, early))
 }
 
 /// A batch of texts cut to its `longest` text (padding sits at the end): the mask always,
@@ -252,8 +369,9 @@ pub fn evaluate(
     let examples = data.targets.dim(0)?;
     let device = data.inputs.device();
     let blocks = net.block_count();
-    let mut correct = Tensor::zeros((), DType::F32, device)?;
     let mut loss = Tensor::zeros((), DType::F32, device)?;
+    // Each example's predicted class and confidence, read back once at the end.
+    let (mut predicted, mut confidence) = (Vec::new(), Vec::new());
     let batch = match data.mask {
         Some(_) => EVAL_TEXT_BATCH,
         None => EVAL_BATCH,
@@ -276,17 +394,24 @@ pub fn evaluate(
         let last = net.forward_blocks(&x, mask.as_ref(), first_block..blocks, Mode::Infer)?;
         let logits = net.head(&last)?.detach();
         loss = (loss + (cross_entropy(&logits, &targets)? * len as f64)?)?;
-        let hits = logits
-            .argmax(D::Minus1)?
-            .eq(&targets)?
-            .to_dtype(DType::F32)?
-            .sum_all()?;
-        correct = (correct + hits)?;
+        predicted.push(logits.argmax(D::Minus1)?);
+        confidence.push(candle_nn::ops::softmax_last_dim(&logits)?.max(D::Minus1)?);
     }
+    let truth = data.targets.to_vec1::<u32>()?;
+    let predicted = match predicted.is_empty() {
+        true => Vec::new(),
+        false => Tensor::cat(&predicted, 0)?.to_vec1::<u32>()?,
+    };
+    let confidence = match confidence.is_empty() {
+        true => Vec::new(),
+        false => Tensor::cat(&confidence, 0)?.to_vec1::<f32>()?,
+    };
+    let hits = truth.iter().zip(&predicted).filter(|(t, p)| t == p).count();
     let examples = examples.max(1) as f64;
     Ok(Evaluation {
-        accuracy: f64::from(correct.to_scalar::<f32>()?) / examples,
+        accuracy: hits as f64 / examples,
         loss: f64::from(loss.to_scalar::<f32>()?) / examples,
+        metrics: Some(Metrics::of(&truth, &predicted, &confidence, data.classes)),
     })
 }
 
@@ -296,7 +421,7 @@ mod tests {
 
     #[test]
     fn batches_cover_every_example_once_per_epoch() {
-        let mut order = BatchOrder::new(10, 3);
+        let mut order = BatchOrder::new((0..10).collect(), 3);
         let mut first: Vec<u32> = order.take(4);
         first.extend(order.take(4));
         first.extend(order.take(2));
@@ -346,6 +471,9 @@ mod freezing_tests {
             momentum: None,
             log_every: 5,
             schedule: None,
+            layer_lr_decay: None,
+            head_lr: None,
+            early_stopping: None,
         };
         (net, data, train)
     }
@@ -373,7 +501,7 @@ mod freezing_tests {
             flat(&net, "b2.linear.weight"),
             flat(&net, "head.weight"),
         );
-        let Fit::Done(curve) = fit(&net, &data, None, &train, 1, 0).unwrap() else {
+        let Fit::Done(curve, None) = fit(&net, &data, None, &train, 1, 0).unwrap() else {
             panic!("diverged")
         };
         assert_eq!(
@@ -387,6 +515,139 @@ mod freezing_tests {
         );
         assert_ne!(flat(&net, "b2.linear.weight"), before.1);
         assert_ne!(flat(&net, "head.weight"), before.2);
+    }
+
+    /// The rate each parameter gets, read back from the optimizer `fit` builds: block i of L
+    /// at `lr * D^(L - i)`, the head at `head_lr`; frozen blocks absent, and freezing one more
+    /// block leaves every other rate as it was; a schedule scales them all.
+    #[test]
+    fn layer_wise_rates_leave_frozen_blocks_out_and_do_not_shift_the_others() {
+        let model = ModelSpec {
+            hidden: Some(vec![16, 8, 8]),
+            ..ModelSpec::plain(Arch::Mlp)
+        };
+        let (net, _, mut train) = setup(&model, 4, 8);
+        train.layer_lr_decay = Some(0.5);
+        train.head_lr = Some(0.03);
+        let rates = |freeze_depth| {
+            let optimizer = Optimizer::new(&train, params(&net, &train, freeze_depth)).unwrap();
+            let rates: Vec<(String, f64)> = (optimizer.rates().into_iter())
+                .map(|(name, rate)| (name.to_string(), rate))
+                .collect();
+            rates
+        };
+        let expected = |name: &str| match crate::model::block_of(name) {
+            Some(1) => 0.0025,
+            Some(2) => 0.005,
+            Some(3) => 0.01,
+            None => 0.03,
+            Some(b) => panic!("no block {b}"),
+        };
+        let frozen = rates(1);
+        assert_eq!(frozen.len(), 6, "b2, b3 and the head: weights and biases");
+        for (name, rate) in &frozen {
+            assert_ne!(crate::model::block_of(name), Some(1), "{name} is frozen");
+            assert!((rate - expected(name)).abs() < 1e-12, "{name}: {rate}");
+        }
+        let all = rates(0);
+        assert_eq!(all.len(), 8);
+        for (name, rate) in &all {
+            assert!((rate - expected(name)).abs() < 1e-12, "{name}: {rate}");
+        }
+        let mut optimizer = Optimizer::new(&train, params(&net, &train, 0)).unwrap();
+        optimizer.set_lr(train.lr * 0.5);
+        for (name, rate) in optimizer.rates() {
+            assert!(
+                (rate - expected(name) * 0.5).abs() < 1e-12,
+                "{name}: {rate}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_holdout_is_stratified_seeded_and_leaves_every_class_a_training_example() {
+        let targets: Vec<u32> = (0..23).map(|i| [0, 0, 1, 2][i % 4]).chain([3]).collect();
+        let (train, held) = holdout(&targets, 4, 0.25, 9);
+        assert_eq!(holdout(&targets, 4, 0.25, 9), (train.clone(), held.clone()));
+        assert_ne!(
+            holdout(&targets, 4, 0.25, 10).1,
+            held,
+            "another seed, another split"
+        );
+        let count = |rows: &[u32], class| {
+            rows.iter()
+                .filter(|&&r| targets[r as usize] == class)
+                .count()
+        };
+        // 12, 6 and 5 examples: 3, 2 (1.5 rounds up) and 1 validate; the lone 3 trains.
+        assert_eq!([0, 1, 2, 3].map(|c| count(&held, c)), [3, 2, 1, 0]);
+        let mut all: Vec<u32> = train.iter().chain(&held).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..24).collect::<Vec<_>>());
+    }
+
+    /// Early stopping stops `patience` validations after the best one and leaves that
+    /// validation's weights in the model: validating again gives the recorded best loss.
+    #[test]
+    fn early_stopping_keeps_the_best_validation_and_stops_on_patience() {
+        let (net, data, mut train) = setup(&mlp(), 4, 60);
+        // Random inputs: the validation loss soon stops improving.
+        train.steps = Some(2000);
+        train.lr = 0.05;
+        let stop = crate::spec::EarlyStoppingSpec {
+            holdout: 0.25,
+            every: 10,
+            patience: 3,
+            metric: StopMetric::Loss,
+        };
+        train.early_stopping = Some(stop.clone());
+        let Fit::Done(curve, Some(early)) = fit(&net, &data, None, &train, 1, 4).unwrap() else {
+            panic!("no early stop recorded")
+        };
+        assert!(early.stop_step < 2000, "{early:?}");
+        assert_eq!(early.stop_step, early.best_step + 3 * 10, "{early:?}");
+        assert_eq!(early.validation_examples, 15, "a quarter of 20 per class");
+        assert_eq!(curve.last().unwrap().step, early.stop_step);
+        let targets = data.targets.to_vec1::<u32>().unwrap();
+        let seed = crate::plan::derive_seed(4, "holdout");
+        let (_, held) = holdout(&targets, 3, 0.25, seed);
+        let again = evaluate(&net, &data.subset(&held).unwrap(), None, 1).unwrap();
+        assert!(
+            (again.loss - early.best).abs() < 1e-6,
+            "{again:?} vs {early:?}"
+        );
+
+        // With epochs, steps count the examples left for training: 2 x ceil(45 / 8).
+        let (net, data, mut train) = setup(&mlp(), 4, 60);
+        train.steps = None;
+        train.epochs = Some(2);
+        train.early_stopping = Some(crate::spec::EarlyStoppingSpec {
+            patience: 100,
+            ..stop
+        });
+        let Fit::Done(_, Some(early)) = fit(&net, &data, None, &train, 0, 4).unwrap() else {
+            panic!("no early stop recorded")
+        };
+        assert_eq!(early.stop_step, 12);
+    }
+
+    /// The rates are the ones applied: a block at a ten-thousandth of the rate barely moves.
+    #[test]
+    fn a_block_at_a_tiny_rate_barely_moves() {
+        let moved = |decay| {
+            let (net, data, mut train) = setup(&mlp(), 4, 30);
+            train.layer_lr_decay = decay;
+            let before = flat(&net, "b1.linear.weight");
+            fit(&net, &data, None, &train, 0, 0).unwrap();
+            let after = flat(&net, "b1.linear.weight");
+            (before.iter().zip(&after))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        // b1 of 2 blocks trains at lr * D: Adam moves a weight by at most about its rate.
+        let (plain, decayed) = (moved(None), moved(Some(1e-4)));
+        assert!(plain > 1e-2, "{plain}");
+        assert!(decayed < 20.0 * 0.01 * 1e-4 * 1.5, "{decayed}");
     }
 
     /// Trains and evaluates the same network twice, once on cached features of blocks 1..f
@@ -416,12 +677,13 @@ mod freezing_tests {
             .unwrap();
         let features = cache.features(key, &cached, &data).unwrap().unwrap();
         assert_eq!(features.tensor.dim(0).unwrap(), 40, "cached once per image");
-        let Fit::Done(with) =
+        let Fit::Done(with, _) =
             fit(&cached, &data, Some(&features), &train, freeze_depth, 7).unwrap()
         else {
             panic!("diverged")
         };
-        let Fit::Done(without) = fit(&plain, &data, None, &train, freeze_depth, 7).unwrap() else {
+        let Fit::Done(without, _) = fit(&plain, &data, None, &train, freeze_depth, 7).unwrap()
+        else {
             panic!("diverged")
         };
         // Every fifth step and the last, across the upload boundary, in order.

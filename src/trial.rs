@@ -64,6 +64,7 @@ pub fn run(trial: &Trial, context: &Context) -> Result<TrialRecord> {
         source: None,
         xferlab_version: env!("CARGO_PKG_VERSION").to_string(),
         config: trial.config.clone(),
+        early_stopping: None,
     };
     match train_and_evaluate(trial, context, &mut record) {
         Ok(()) => Ok(record),
@@ -126,7 +127,13 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
     record.timings.train_seconds = training.elapsed().as_secs_f64();
     record.steps = train::step_count(&config.train, data.train.targets.dim(0)?);
     match fit {
-        Fit::Done(curve) => record.curve = curve,
+        Fit::Done(curve, early) => {
+            record.curve = curve;
+            if let Some(early) = early {
+                record.steps = early.stop_step;
+                record.early_stopping = Some(early);
+            }
+        }
         Fit::Interrupted { step, curve } => {
             record.curve = curve;
             record.steps = step;

@@ -58,11 +58,14 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
         momentum: None,
         log_every: 1,
         schedule: None,
+        layer_lr_decay: None,
+        head_lr: None,
+        early_stopping: None,
     };
     let freeze_depth = 5;
     assert!(matches!(
         fit(&net, &data, None, &train, freeze_depth, 0).unwrap(),
-        Fit::Done(_)
+        Fit::Done(..)
     ));
     let trainable = net.trainable_vars(freeze_depth);
     let after = net.tensors();

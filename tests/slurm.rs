@@ -89,10 +89,17 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Waits until job `id` has left the queue.
+    /// Waits until every task of array job `id` has left the queue. (`squeue -j ID` can miss
+    /// a requeued task waiting to start again, so all tasks are listed: `ID_TASK`.)
     fn wait(&self, id: &str, test: &Test) {
         let started = Instant::now();
-        while !self.client("squeue", &["-h", "-j", id]).trim().is_empty() {
+        let queued = || {
+            let tasks = self.client("squeue", &["-h", "-r", "-o", "%i"]);
+            tasks
+                .lines()
+                .any(|task| task.trim().split('_').next() == Some(id))
+        };
+        while queued() {
             assert!(
                 started.elapsed() < Duration::from_secs(600),
                 "job {id} still queued after 10 minutes; logs:\n{}",
@@ -116,8 +123,23 @@ impl Cluster {
     }
 }
 
-/// Every array task's output in the test's store.
+/// What slurmctld and slurmd logged last, and every array task's output in the test's store.
 fn logs(test: &Test) -> String {
+    let mut out = String::new();
+    for daemon in ["slurmctld", "slurmd"] {
+        let log = std::fs::read_to_string(format!("{}/log/{daemon}.log", cluster_dir()));
+        let log = log.unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("mpi/pmix")).collect();
+        out += &format!(
+            "== {daemon}.log (last lines)\n{}\n",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        );
+    }
+    out + &task_logs(test)
+}
+
+/// Every array task's output in the test's store.
+fn task_logs(test: &Test) -> String {
     let mut out = String::new();
     for folder in std::fs::read_dir(test.join("runs")).into_iter().flatten() {
         let dir = folder.unwrap().path().join("slurm/logs");
@@ -218,7 +240,7 @@ fn an_array_ends_with_the_records_and_report_of_a_local_run() {
         report(&test, "local/quickstart")
     );
     // One task pretrained the source model; the others waited for it and read its file.
-    let logs = logs(&test);
+    let logs = task_logs(&test);
     assert_eq!(
         logs.matches("pretraining source model").count(),
         1,
@@ -359,6 +381,9 @@ fn killed_preempted_warned_and_requeued_tasks_lose_nothing() {
             .trim()
             == "PENDING"
     });
+    // Slurm delays a requeued job by minutes; start it now, but not within seconds of its
+    // last run ending on this node, whose credential slurmd still refuses then.
+    std::thread::sleep(Duration::from_secs(3));
     cluster.client(
         "scontrol",
         &["update", &format!("JobId={}", task(3)), "StartTime=now"],
@@ -373,11 +398,15 @@ fn killed_preempted_warned_and_requeued_tasks_lose_nothing() {
     assert_eq!(
         status(3),
         Some("finished".into()),
-        "the requeued task ran it again"
+        "the requeued task ran it again:\n{}",
+        logs(&test)
     );
-    let logs = logs(&test);
+    let output = logs(&test);
     for signal in ["SIGTERM", "SIGUSR1"] {
-        assert!(logs.contains(&format!("interrupted ({signal})")), "{logs}");
+        assert!(
+            output.contains(&format!("interrupted ({signal})")),
+            "{output}"
+        );
     }
     let status = test.run(&["status", "runs/quickstart"]).stdout;
     assert_eq!(count(&status, "finished"), 1, "{status}");
@@ -389,7 +418,7 @@ fn killed_preempted_warned_and_requeued_tasks_lose_nothing() {
     assert_eq!(job_trials(&test, &again), trials[..3]);
     cluster.wait(&again, &test);
     let records = test.records("quickstart");
-    assert_eq!(records.len(), 4);
+    assert_eq!(records.len(), 4, "{}", logs(&test));
     assert!(
         records.values().all(|r| r["status"] == "finished"),
         "{records:?}"
@@ -555,7 +584,7 @@ fn the_spec_launcher_block_and_the_flags_make_the_script() {
         "#SBATCH --mem=4G\n",
         "#SBATCH --account=proj\n",
         "SHARE=(\"${TRIALS[@]:SLURM_ARRAY_TASK_ID*25:25}\")\n",
-        " --set launcher.slurm.partition=cpu --trial ",
+        " --set launcher.slurm.partition=cpu --wait --trial ",
     ] {
         assert!(overridden.contains(line), "{line}in:\n{overridden}");
     }

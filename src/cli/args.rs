@@ -70,6 +70,11 @@ pub enum Command {
         /// Repeat it, or separate with commas, for several: `--trial 0,5,3f2a`.
         #[arg(long = "trial", value_name = "ID|INDEX", value_delimiter = ',')]
         trials: Vec<String>,
+        /// When another process is running a trial, wait for it, then run the trial unless
+        /// that process finished it (by default such a trial is skipped as busy). Slurm
+        /// scripts use it: a requeued task may start while its last run is still exiting.
+        #[arg(long)]
+        wait: bool,
         /// Root folder of the run store.
         #[arg(long, default_value = "runs", env = env::STORE)]
         store: PathBuf,

@@ -68,6 +68,7 @@ fn execute(command: Command) -> Result<u8, Error> {
             jobs,
             feature_cache_mb,
             trials,
+            wait,
             store,
         } => {
             let experiment = Experiment::prepare(&spec.spec, &spec.overrides)?;
@@ -77,6 +78,7 @@ fn execute(command: Command) -> Result<u8, Error> {
                 jobs: usize::from(jobs),
                 feature_cache_mb,
                 trials,
+                wait,
             };
             let progress = progress::Progress::default();
             let summary = runner::run(&experiment, &options, &|e| progress.show(e))?;

@@ -115,6 +115,27 @@ impl Mask {
     }
 }
 
+impl Batchable {
+    /// The examples at `rows`, in that order (e.g. early stopping's validation split).
+    pub fn subset(&self, rows: &[u32]) -> candle_core::Result<Batchable> {
+        let at = Tensor::new(rows, self.inputs.device())?;
+        let mask = match &self.mask {
+            Some(mask) => Some(Mask {
+                tensor: mask.tensor.index_select(&at, 0)?,
+                lengths: rows.iter().map(|&r| mask.lengths[r as usize]).collect(),
+            }),
+            None => None,
+        };
+        Ok(Batchable {
+            inputs: self.inputs.index_select(&at, 0)?,
+            mask,
+            targets: self.targets.index_select(&at, 0)?,
+            classes: self.classes,
+            images: rows.iter().map(|&r| self.images[r as usize]).collect(),
+        })
+    }
+}
+
 /// The datasets of a spec, each split loaded once and shared.
 pub struct Catalog {
     specs: BTreeMap<String, DatasetSpec>,

@@ -299,14 +299,39 @@ impl Network {
     /// The variables the optimizer updates when blocks 1..`freeze_depth` are frozen: never
     /// BatchNorm's running statistics, which training mode updates itself.
     pub fn trainable_vars(&self, freeze_depth: usize) -> Vec<Var> {
+        let vars = self.trainable(freeze_depth);
+        vars.into_iter().map(|(_, var)| var).collect()
+    }
+
+    /// `trainable_vars` with their names, sorted by name.
+    pub fn trainable(&self, freeze_depth: usize) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().expect("varmap lock");
-        let mut vars: Vec<(&String, &Var)> = data
+        let mut vars: Vec<(String, Var)> = data
             .iter()
             .filter(|(name, _)| !is_running_statistic(name))
             .filter(|(name, _)| block_of(name).is_none_or(|b| b > freeze_depth))
+            .map(|(name, var)| (name.clone(), var.clone()))
             .collect();
-        vars.sort_by(|a, b| a.0.cmp(b.0));
-        vars.into_iter().map(|(_, var)| var.clone()).collect()
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Copies of the tensors training changes above `freeze_depth` (the head's and the
+    /// trainable blocks', BatchNorm's running statistics included), to `restore` later.
+    pub fn snapshot(&self, freeze_depth: usize) -> candle_core::Result<Vec<(Var, Tensor)>> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        data.iter()
+            .filter(|(name, _)| block_of(name).is_none_or(|b| b > freeze_depth))
+            .map(|(_, var)| Ok((var.clone(), var.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// Puts a `snapshot`'s tensors back.
+    pub fn restore(snapshot: &[(Var, Tensor)]) -> candle_core::Result<()> {
+        for (var, tensor) in snapshot {
+            var.set(tensor)?;
+        }
+        Ok(())
     }
 
     /// Copies blocks 1..=`depth` from `source` (tensors by name, BatchNorm's running

@@ -9,8 +9,9 @@ use candle_nn::ParamsAdamW;
 
 /// Adam over a fixed set of f32 variables; `weight_decay` makes it AdamW.
 pub struct Adam {
-    /// Each variable with its moments: a `[2, n]` tensor, first moments then second.
-    vars: Vec<(Var, Tensor)>,
+    /// Each variable with its moments (a `[2, n]` tensor, first moments then second) and what
+    /// `params.lr` is multiplied by for it.
+    vars: Vec<(Var, Tensor, f64)>,
     pub(super) params: ParamsAdamW,
     step: i32,
 }
@@ -18,14 +19,20 @@ pub struct Adam {
 impl Adam {
     /// Adam over `vars` (all f32), with zeroed moments.
     pub fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
+        Adam::scaled(vars.into_iter().map(|v| (v, 1.0)).collect(), params)
+    }
+
+    /// Adam over `vars`, each with its own multiple of `params.lr` (PyTorch's parameter
+    /// groups, one per variable).
+    pub fn scaled(vars: Vec<(Var, f64)>, params: ParamsAdamW) -> Result<Self> {
         let vars = vars
             .into_iter()
-            .map(|var| {
+            .map(|(var, factor)| {
                 if var.dtype() != DType::F32 {
                     bail!("adam: variable of {:?}, not f32", var.dtype());
                 }
                 let moments = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
-                Ok((var, moments))
+                Ok((var, moments, factor))
             })
             .collect::<Result<_>>()?;
         Ok(Adam {
@@ -33,6 +40,11 @@ impl Adam {
             params,
             step: 0,
         })
+    }
+
+    /// Each variable's learning rate now, in the order given.
+    pub fn rates(&self) -> Vec<f64> {
+        self.vars.iter().map(|v| self.params.lr * v.2).collect()
     }
 
     /// One update of every variable from its gradient in `grads`.
@@ -45,15 +57,16 @@ impl Adam {
             beta2: p.beta2 as f32,
             one_minus_beta2: (1.0 - p.beta2) as f32,
         };
-        let update = Update {
-            decay: (1.0 - p.lr * p.weight_decay) as f32,
-            lr: p.lr as f32,
-            scale_m: (1.0 / (1.0 - p.beta1.powi(self.step))) as f32,
-            scale_v: (1.0 / (1.0 - p.beta2.powi(self.step))) as f32,
-            eps: p.eps as f32,
-        };
-        for (var, state) in &self.vars {
+        for (var, state, factor) in &self.vars {
             let Some(grad) = grads.get(var) else { continue };
+            let lr = p.lr * factor;
+            let update = Update {
+                decay: (1.0 - lr * p.weight_decay) as f32,
+                lr: lr as f32,
+                scale_m: (1.0 / (1.0 - p.beta1.powi(self.step))) as f32,
+                scale_v: (1.0 / (1.0 - p.beta2.powi(self.step))) as f32,
+                eps: p.eps as f32,
+            };
             state.inplace_op2(&grad.contiguous()?, &moments)?;
             var.as_tensor().inplace_op2(state, &update)?;
         }

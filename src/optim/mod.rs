@@ -11,8 +11,24 @@ pub use adam::Adam;
 
 use crate::spec::{OptimizerKind, TrainSpec};
 
+/// A variable to train, by name, and what the base learning rate is multiplied by for it
+/// (`TrainSpec::rate_factor`).
+pub struct Param {
+    /// Its name in the network (`b3.fc.weight`, `head.weight`).
+    pub name: String,
+    /// The variable.
+    pub var: Var,
+    /// Its learning rate over the base rate.
+    pub factor: f64,
+}
+
 /// An optimizer over a fixed set of variables.
-pub enum Optimizer {
+pub struct Optimizer {
+    kind: Kind,
+    names: Vec<String>,
+}
+
+enum Kind {
     /// Adam or AdamW.
     Adam(Adam),
     /// SGD with momentum.
@@ -20,9 +36,11 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    /// The optimizer `train` names, over `vars`.
-    pub fn new(train: &TrainSpec, vars: Vec<Var>) -> Result<Self> {
-        Ok(match train.optimizer {
+    /// The optimizer `train` names, over `params`.
+    pub fn new(train: &TrainSpec, params: Vec<Param>) -> Result<Self> {
+        let names = params.iter().map(|p| p.name.clone()).collect();
+        let vars: Vec<(Var, f64)> = params.into_iter().map(|p| (p.var, p.factor)).collect();
+        let kind = match train.optimizer {
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let default_decay = if train.optimizer == OptimizerKind::Adamw {
                     0.01
@@ -34,30 +52,40 @@ impl Optimizer {
                     weight_decay: train.weight_decay.unwrap_or(default_decay),
                     ..Default::default()
                 };
-                Optimizer::Adam(Adam::new(vars, params)?)
+                Kind::Adam(Adam::scaled(vars, params)?)
             }
-            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(
+            OptimizerKind::Sgd => Kind::Sgd(Sgd::new(
                 vars,
                 train.lr,
                 train.momentum.unwrap_or(0.9),
                 train.weight_decay.unwrap_or(0.0),
             )?),
-        })
+        };
+        Ok(Optimizer { kind, names })
     }
 
-    /// Sets the learning rate (a schedule's, step by step).
+    /// Sets the base learning rate (a schedule's, step by step).
     pub fn set_lr(&mut self, lr: f64) {
-        match self {
-            Optimizer::Adam(adam) => adam.params.lr = lr,
-            Optimizer::Sgd(sgd) => sgd.lr = lr,
+        match &mut self.kind {
+            Kind::Adam(adam) => adam.params.lr = lr,
+            Kind::Sgd(sgd) => sgd.lr = lr,
         }
+    }
+
+    /// Each variable's name and learning rate now, as the next step applies it.
+    pub fn rates(&self) -> Vec<(&str, f64)> {
+        let rates = match &self.kind {
+            Kind::Adam(adam) => adam.rates(),
+            Kind::Sgd(sgd) => sgd.vars.iter().map(|v| sgd.lr * v.2).collect(),
+        };
+        self.names.iter().map(String::as_str).zip(rates).collect()
     }
 
     /// Backpropagates `loss` and updates the variables.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        match self {
-            Optimizer::Adam(adam) => adam.step(&loss.backward()?),
-            Optimizer::Sgd(sgd) => sgd.step(&loss.backward()?),
+        match &mut self.kind {
+            Kind::Adam(adam) => adam.step(&loss.backward()?),
+            Kind::Sgd(sgd) => sgd.step(&loss.backward()?),
         }
     }
 }
@@ -65,20 +93,21 @@ impl Optimizer {
 /// SGD with momentum and L2 weight decay, as PyTorch's `torch.optim.SGD`:
 /// `v = momentum * v + (g + decay * w)`, `w -= lr * v`.
 pub struct Sgd {
-    vars: Vec<(Var, Tensor)>,
+    /// Each variable, its velocity, and its multiple of `lr`.
+    vars: Vec<(Var, Tensor, f64)>,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
 }
 
 impl Sgd {
-    /// SGD over `vars`, velocities starting at zero.
-    pub fn new(vars: Vec<Var>, lr: f64, momentum: f64, weight_decay: f64) -> Result<Self> {
+    /// SGD over `vars` (each with its multiple of `lr`), velocities starting at zero.
+    pub fn new(vars: Vec<(Var, f64)>, lr: f64, momentum: f64, weight_decay: f64) -> Result<Self> {
         let vars = vars
             .into_iter()
-            .map(|v| {
+            .map(|(v, factor)| {
                 let velocity = v.zeros_like()?;
-                Ok((v, velocity))
+                Ok((v, velocity, factor))
             })
             .collect::<Result<_>>()?;
         Ok(Sgd {
@@ -90,7 +119,7 @@ impl Sgd {
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for (var, velocity) in &mut self.vars {
+        for (var, velocity, factor) in &mut self.vars {
             let Some(grad) = grads.get(var) else { continue };
             let grad = if self.weight_decay > 0.0 {
                 (grad + (var.as_tensor() * self.weight_decay)?)?
@@ -98,7 +127,7 @@ impl Sgd {
                 grad.clone()
             };
             *velocity = ((&*velocity * self.momentum)? + grad)?;
-            var.set(&(var.as_tensor() - (&*velocity * self.lr)?)?)?;
+            var.set(&(var.as_tensor() - (&*velocity * (self.lr * *factor))?)?)?;
         }
         Ok(())
     }
@@ -114,7 +143,7 @@ mod tests {
         // Minimise w^2 / 2 (gradient w) from w = 1 with lr 0.1, momentum 0.9:
         // v1 = 1, w1 = 0.9; v2 = 0.9 + 0.9 = 1.8, w2 = 0.72.
         let w = Var::new(&[1f32], &Device::Cpu).unwrap();
-        let mut sgd = Sgd::new(vec![w.clone()], 0.1, 0.9, 0.0).unwrap();
+        let mut sgd = Sgd::new(vec![(w.clone(), 1.0)], 0.1, 0.9, 0.0).unwrap();
         for _ in 0..2 {
             let loss = (w.as_tensor().sqr().unwrap() * 0.5)
                 .unwrap()
@@ -124,5 +153,49 @@ mod tests {
         }
         let value = w.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((value - 0.72).abs() < 1e-6, "{value}");
+    }
+
+    #[test]
+    fn each_variable_steps_at_its_own_rate() {
+        let train = |optimizer| TrainSpec {
+            steps: Some(1),
+            epochs: None,
+            batch_size: 1,
+            optimizer,
+            lr: 0.1,
+            weight_decay: None,
+            momentum: None,
+            log_every: 1,
+            schedule: None,
+            layer_lr_decay: None,
+            head_lr: None,
+            early_stopping: None,
+        };
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let vars: Vec<Var> = (0..2)
+                .map(|_| Var::new(&[1f32], &Device::Cpu).unwrap())
+                .collect();
+            let params = vars
+                .iter()
+                .zip([1.0, 0.25])
+                .map(|(var, factor)| Param {
+                    name: String::new(),
+                    var: var.clone(),
+                    factor,
+                })
+                .collect();
+            let mut optimizer = Optimizer::new(&train(kind), params).unwrap();
+            let loss = (vars[0].as_tensor() + vars[1].as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            optimizer.backward_step(&loss).unwrap();
+            let moved: Vec<f32> = (vars.iter())
+                .map(|v| 1.0 - v.as_tensor().to_vec1::<f32>().unwrap()[0])
+                .collect();
+            // Both see gradient 1: SGD moves by lr * factor, Adam's first step by about that.
+            assert!((moved[0] - 0.1).abs() < 1e-5, "{kind:?}: {moved:?}");
+            assert!((moved[1] - 0.025).abs() < 1e-5, "{kind:?}: {moved:?}");
+        }
     }
 }

@@ -476,6 +476,40 @@ fn check_train(path: &str, train: &TrainSpec, at: Locate) -> Result<(), InputErr
             format!("lr {}: use a finite number > 0", train.lr),
         ));
     }
+    if let Some(decay) = train.layer_lr_decay
+        && !(decay > 0.0 && decay <= 1.0)
+    {
+        return Err(at(
+            &format!("{path}.layer_lr_decay"),
+            format!("layer_lr_decay {decay}: use a number in (0, 1]"),
+        )
+        .with_help("each block down trains this much slower than the one above: e.g. 0.8, or 1/2.6 = 0.385 (ULMFiT)"));
+    }
+    if let Some(head) = train.head_lr
+        && !(head.is_finite() && head > 0.0)
+    {
+        return Err(at(
+            &format!("{path}.head_lr"),
+            format!("head_lr {head}: use a finite number > 0"),
+        ));
+    }
+    if let Some(stop) = &train.early_stopping {
+        let key = |k: &str| format!("{path}.early_stopping.{k}");
+        if !(stop.holdout > 0.0 && stop.holdout < 1.0) {
+            return Err(at(
+                &key("holdout"),
+                format!("holdout {}: use a fraction in (0, 1)", stop.holdout),
+            )
+            .with_help("e.g. 0.1: a tenth of each class's training examples validates"));
+        }
+        if stop.every == 0 {
+            return Err(at(&key("every"), "every must be at least 1".into()));
+        }
+        if stop.patience == 0 {
+            return Err(at(&key("patience"), "patience must be at least 1".into())
+                .with_help("the validations without improvement to wait before stopping, e.g. 3"));
+        }
+    }
     if train.log_every == 0 {
         return Err(at(
             &format!("{path}.log_every"),

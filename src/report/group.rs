@@ -192,7 +192,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
             let row = &mut rows[at];
             match record {
                 Some(r) if r.status == Status::Finished => {
-                    let eval = r.eval.expect("finished trials have an evaluation");
+                    let eval = r.eval.as_ref().expect("finished trials have an evaluation");
                     row.count += 1;
                     row.by_seed.insert(trial.config.seed, eval.accuracy);
                     losses[at].push(eval.loss);

@@ -387,6 +387,60 @@ pub struct TrainSpec {
     /// linear or cosine decay to 0 (Hugging Face's schedules). Constant `lr` when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// Discriminative (layer-wise) learning rates: block i of L trains at
+    /// `lr * layer_lr_decay^(L - i)`, the top block at `lr`; frozen blocks have no rate and do
+    /// not shift the others'. In (0, 1]; ULMFiT uses 1/2.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_lr_decay: Option<f64>,
+    /// The new head's learning rate; `lr` when absent. A schedule scales it like the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_lr: Option<f64>,
+    /// Stop when a validation split carved from the training examples stops improving, and
+    /// keep the best step's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingSpec>,
+}
+
+/// Early stopping (`train.early_stopping`): validate every `every` steps on a seeded split of
+/// the training examples (never the eval data); stop after `patience` validations without
+/// improvement; restore the best validation's weights at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingSpec {
+    /// Fraction of each class's training examples held out for validation, in (0, 1); at
+    /// least one example of each class stays for training.
+    pub holdout: f64,
+    /// Validate every this many steps (and after the last).
+    pub every: usize,
+    /// Validations without improvement before stopping (at least 1).
+    pub patience: usize,
+    /// What improves: a lower validation loss, or a higher validation accuracy.
+    #[serde(default)]
+    pub metric: StopMetric,
+}
+
+/// What early stopping watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Mean validation cross-entropy, lower is better.
+    #[default]
+    Loss,
+    /// Validation accuracy, higher is better.
+    Accuracy,
+}
+
+impl TrainSpec {
+    /// What `lr` is multiplied by for a parameter of block `block` (None: the head) of a
+    /// model of `blocks` blocks.
+    pub fn rate_factor(&self, block: Option<usize>, blocks: usize) -> f64 {
+        match block {
+            None => self.head_lr.map_or(1.0, |head| head / self.lr),
+            Some(i) => self
+                .layer_lr_decay
+                .map_or(1.0, |decay| decay.powi((blocks.saturating_sub(i)) as i32)),
+        }
+    }
 }
 
 /// A learning-rate schedule (`train.schedule`), as Hugging Face's `get_*_schedule_with_warmup`.

@@ -127,6 +127,10 @@ pub(super) fn metrics(record: &TrialRecord) -> Vec<Metric> {
     if let Some(eval) = &record.eval {
         metrics.push(at_end("eval_accuracy", eval.accuracy));
         metrics.push(at_end("eval_loss", eval.loss));
+        if let Some(more) = &eval.metrics {
+            metrics.push(at_end("eval_macro_f1", more.macro_f1));
+            metrics.push(at_end("eval_ece", more.ece));
+        }
     }
     metrics.push(at_end("setup_seconds", t.setup_seconds));
     metrics.push(at_end("train_seconds", t.train_seconds));
