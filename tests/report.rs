@@ -169,3 +169,80 @@ fn the_html_page_renders_in_a_real_browser_with_every_table_and_figure() {
     assert!(has_colour(&pixmap, (0, 114, 178)), "blue series drawn");
     assert!(has_colour(&pixmap, (213, 94, 0)), "vermillion series drawn");
 }
+
+/// `--metric` chooses what the rows, gains and best rows compare: each row's mean is the mean
+/// of its finished trials' metric, the gain is paired by seed, and for ECE the best is the
+/// lowest.
+#[test]
+fn the_metric_option_compares_macro_f1_or_calibration() {
+    let test = Test::new().file("spec.yaml", common::SMALL_SWEEP);
+    let ran = test.run(&["run", "spec.yaml"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let records = test.records("small");
+    for metric in ["macro_f1", "ece"] {
+        let ran = test.run(&[
+            "report",
+            "runs/small",
+            "--metric",
+            metric,
+            "--format",
+            "json",
+        ]);
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        let report: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        assert_eq!(report["metric"], metric);
+        let rows = report["rows"].as_array().unwrap();
+        for row in rows {
+            let values: Vec<f64> = (records.values())
+                .filter(|r| r["strategies"][0] == row["strategy"])
+                .filter(|r| r["freeze_depth"] == row["freeze_depth"])
+                .filter(|r| r["transfer_depth"] == row["transfer_depth"])
+                .filter(|r| r["axes"]["target.train.per_class"] == row["axes"][0])
+                .map(|r| r["eval"][metric].as_f64().unwrap())
+                .collect();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let shown = row["value"]["mean"].as_f64().unwrap();
+            assert!(
+                (shown - mean).abs() < 1e-12,
+                "{metric} {row}: {shown} vs {mean}"
+            );
+        }
+        for best in report["best"].as_array().unwrap() {
+            let at = |r: &serde_json::Value| r["value"]["mean"].as_f64().unwrap();
+            let here: Vec<f64> = (rows.iter())
+                .filter(|r| {
+                    // A row belongs at its own setting; scratch also where its axes are null.
+                    let own = r["axes"].as_array().unwrap().iter();
+                    own.zip(best["axes"].as_array().unwrap())
+                        .all(|(a, b)| a == b || (a.is_null() && r["strategy"] == "scratch"))
+                })
+                .map(at)
+                .collect();
+            let chosen = best["value"]["mean"].as_f64().unwrap();
+            let extreme = match metric {
+                "ece" => here.iter().copied().fold(f64::MAX, f64::min),
+                _ => here.iter().copied().fold(f64::MIN, f64::max),
+            };
+            assert_eq!(chosen, extreme, "{metric}: {best}");
+        }
+    }
+    let csv = test.run(&["report", "runs/small", "--metric", "ece", "--format", "csv"]);
+    assert!(
+        csv.stdout.starts_with(
+            "strategy,t,f,target.train.per_class,finished,failed,missing,ece_mean,ece_std,ece_ci95,"
+        ),
+        "{}",
+        csv.stdout
+    );
+    let table = test.run(&["report", "runs/small", "--metric", "ece"]);
+    assert!(
+        table.stdout.contains("gain: ece minus scratch's"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains("(lower is better)"),
+        "{}",
+        table.stdout
+    );
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use xferlab::device::{CHOICES, DeviceChoice};
 use xferlab::error::InputError;
-use xferlab::report::Format;
+use xferlab::report::{Format, Metric};
 use xferlab::spec::command_line_variables as env;
 
 /// Declarative transfer-learning experiments: how much does transfer help, and how deep to freeze?
@@ -152,6 +152,11 @@ pub enum Command {
         /// Output format (a comparison prints as table or md).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// What the tables, the best rows and the figures compare: accuracy, macro_f1, or ece
+        /// (expected calibration error; lower is better). Gains over scratch are paired by
+        /// seed either way.
+        #[arg(long, value_enum, default_value_t = Metric::Accuracy)]
+        metric: Metric,
         /// Also write the figures as SVG and PNG into this folder (one sweep only).
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,

@@ -84,7 +84,7 @@ fn execute(command: Command) -> Result<u8, Error> {
             let summary = runner::run(&experiment, &options, &|e| progress.show(e))?;
             let run_store = RunStore::new(&store, &experiment.plan.name);
             let records = run_store.records(&experiment.plan)?;
-            let built = report::build(&experiment.plan, &records);
+            let built = report::build(&experiment.plan, &records, report::Metric::Accuracy);
             print!("{}", report::render(&built, Format::Table));
             eprintln!(
                 "run store: {} ({} run now, {} already done, {} failed, {} busy elsewhere)",
@@ -208,6 +208,7 @@ fn execute(command: Command) -> Result<u8, Error> {
         Command::Report {
             runs,
             format,
+            metric,
             plots,
             html,
             store,
@@ -217,7 +218,7 @@ fn execute(command: Command) -> Result<u8, Error> {
                 let run_store = RunStore::find(run, &store)?;
                 let plan = run_store.plan()?;
                 let records = run_store.records(&plan)?;
-                let built = report::build(&plan, &records);
+                let built = report::build(&plan, &records, metric);
                 sweeps.push((run_store, plan, records, built));
             }
             if let [(_, _, _, a), (_, _, _, b)] = &sweeps[..] {

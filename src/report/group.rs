@@ -14,6 +14,7 @@ use super::Summary;
 use crate::plan::{Plan, StrategyLabel};
 use crate::spec::Strategy;
 use crate::store::{Status, TrialRecord};
+use crate::train::Evaluation;
 
 /// One group of trials: same strategy, depths and swept values, over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,14 +33,14 @@ pub struct Row {
     pub failed: usize,
     /// Trials of the plan with no record yet.
     pub missing: usize,
-    /// Eval accuracy over seeds.
-    pub accuracy: Option<Summary>,
+    /// The report's metric over seeds.
+    pub value: Option<Summary>,
     /// Mean eval loss.
     pub loss_mean: Option<f64>,
-    /// Accuracy minus the baseline's, paired by seed (same data subset, same everything but
+    /// The metric minus the baseline's, paired by seed (same data subset, same everything but
     /// the strategy), over the seeds both finished.
     pub gain: Option<Summary>,
-    /// Final-accuracy by seed, for pairing and plots.
+    /// The metric by seed, for pairing and plots.
     #[serde(skip)]
     pub by_seed: BTreeMap<u64, f64>,
 }
@@ -55,7 +56,7 @@ impl Row {
             count: 0,
             failed: 0,
             missing: 0,
-            accuracy: None,
+            value: None,
             loss_mean: None,
             gain: None,
             by_seed: BTreeMap::new(),
@@ -116,12 +117,59 @@ pub fn settings(rows: &[Row]) -> Vec<&[Value]> {
 pub struct Best {
     /// Values of the report's axes.
     pub axes: Vec<Value>,
-    /// The row with the highest mean accuracy.
+    /// The row with the best mean of the metric.
     pub best: String,
-    /// Its accuracy.
-    pub accuracy: Summary,
+    /// Its metric.
+    pub value: Summary,
     /// Rows statistically tied with it (95% intervals overlap).
     pub tied: Vec<String>,
+}
+
+/// What a report's tables compare: one number of each finished trial's evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Fraction classified correctly.
+    #[default]
+    Accuracy,
+    /// Mean F1 over classes.
+    #[value(name = "macro_f1")]
+    MacroF1,
+    /// Expected calibration error (15 bins); lower is better.
+    Ece,
+}
+
+impl Metric {
+    /// The name tables and files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::MacroF1 => "macro_f1",
+            Metric::Ece => "ece",
+        }
+    }
+
+    /// Whether a larger value is better (the best row's direction).
+    pub fn higher_is_better(self) -> bool {
+        self != Metric::Ece
+    }
+
+    /// The metric of one evaluation; None for a record written before xferlab measured it.
+    pub fn of(self, eval: &Evaluation) -> Option<f64> {
+        match self {
+            Metric::Accuracy => Some(eval.accuracy),
+            Metric::MacroF1 => eval.metrics.as_ref().map(|m| m.macro_f1),
+            Metric::Ece => eval.metrics.as_ref().map(|m| m.ece),
+        }
+    }
+
+    /// Orders two means so that the better is greater.
+    pub fn order(self, a: f64, b: f64) -> std::cmp::Ordering {
+        match self.higher_is_better() {
+            true => a.total_cmp(&b),
+            false => b.total_cmp(&a),
+        }
+    }
 }
 
 /// A sweep's results.
@@ -129,6 +177,8 @@ pub struct Best {
 pub struct Report {
     /// Experiment name.
     pub name: String,
+    /// What the rows compare.
+    pub metric: Metric,
     /// Swept axes that group rows (all but `seed` and `freeze_depth`).
     pub axes: Vec<String>,
     /// Rows.
@@ -152,8 +202,8 @@ fn order(a: &Value, b: &Value) -> std::cmp::Ordering {
     }
 }
 
-/// Groups the plan's trials with their records.
-pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
+/// Groups the plan's trials with their records, comparing them by `metric`.
+pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
     let axes: Vec<String> = plan.axes.iter().filter(|a| *a != "seed").cloned().collect();
     let by_id: HashMap<&str, &TrialRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut rows: Vec<Row> = Vec::new();
@@ -194,7 +244,9 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
                 Some(r) if r.status == Status::Finished => {
                     let eval = r.eval.as_ref().expect("finished trials have an evaluation");
                     row.count += 1;
-                    row.by_seed.insert(trial.config.seed, eval.accuracy);
+                    if let Some(value) = metric.of(eval) {
+                        row.by_seed.insert(trial.config.seed, value);
+                    }
                     losses[at].push(eval.loss);
                 }
                 Some(r) if r.status == Status::Failed => row.failed += 1,
@@ -203,7 +255,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
         }
     }
     for (row, losses) in rows.iter_mut().zip(&losses) {
-        row.accuracy = Summary::of(&row.by_seed.values().copied().collect::<Vec<_>>());
+        row.value = Summary::of(&row.by_seed.values().copied().collect::<Vec<_>>());
         row.loss_mean = Summary::of(losses).map(|s| s.mean);
     }
     let gains: Vec<Option<Summary>> = rows
@@ -213,7 +265,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
             let differences: Vec<f64> = row
                 .by_seed
                 .iter()
-                .filter_map(|(seed, accuracy)| Some(accuracy - base.by_seed.get(seed)?))
+                .filter_map(|(seed, value)| Some(value - base.by_seed.get(seed)?))
                 .collect();
             Summary::of(&differences)
         })
@@ -240,7 +292,8 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
     });
     Report {
         name: plan.name.clone(),
-        best: best(&rows),
+        metric,
+        best: best(&rows, metric),
         axes,
         rows,
         trials: plan.trials.len(),
@@ -250,30 +303,29 @@ pub fn build(plan: &Plan, records: &[TrialRecord]) -> Report {
     }
 }
 
-/// At each setting of the axes (rows are sorted by them), the best row and its ties.
-/// A baseline, whose null axes match every setting, competes at each one.
-fn best(rows: &[Row]) -> Vec<Best> {
+/// At each setting of the axes (rows are sorted by them), the best row by `metric` and its
+/// ties. A baseline, whose null axes match every setting, competes at each one.
+fn best(rows: &[Row], metric: Metric) -> Vec<Best> {
     settings(rows)
         .into_iter()
         .filter_map(|axes| {
             let here: Vec<&Row> = rows
                 .iter()
                 .filter(|r| r.belongs_at(axes))
-                .filter(|r| r.accuracy.is_some())
+                .filter(|r| r.value.is_some())
                 .collect();
-            let top = here.iter().max_by(|a, b| {
-                let (x, y) = (a.accuracy.unwrap().mean, b.accuracy.unwrap().mean);
-                x.total_cmp(&y)
-            })?;
-            let accuracy = top.accuracy.unwrap();
+            let top = here
+                .iter()
+                .max_by(|a, b| metric.order(a.value.unwrap().mean, b.value.unwrap().mean))?;
+            let value = top.value.unwrap();
             Some(Best {
                 axes: axes.to_vec(),
                 best: top.label(),
-                accuracy,
+                value,
                 tied: here
                     .iter()
                     .filter(|r| !std::ptr::eq(**r, *top))
-                    .filter(|r| r.accuracy.unwrap().overlaps(&accuracy))
+                    .filter(|r| r.value.unwrap().overlaps(&value))
                     .map(|r| r.label())
                     .collect(),
             })

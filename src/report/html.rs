@@ -68,16 +68,23 @@ pub fn render(page: &Page) -> String {
     }
     out += "<h2>Results</h2>\n";
     results_table(&mut out, report);
-    out += "<p>Accuracy: mean over seeds, sample standard deviation and 95% interval (Student's t). Gain: accuracy minus scratch's with the same seed and data, over the seeds both finished; <b>*</b> marks a 95% interval that excludes zero.</p>\n";
+    let metric = report.metric.name();
+    let _ = writeln!(
+        out,
+        "<p>{metric}: mean over seeds, sample standard deviation and 95% interval (Student's t). Gain: {metric} minus scratch's with the same seed and data, over the seeds both finished; <b>*</b> marks a 95% interval that excludes zero.</p>"
+    );
     if !report.best.is_empty() {
-        out += "<h2>Best strategy and depth</h2>\n<table><tr><th>setting</th><th>best</th><th>accuracy</th><th>tied (95% intervals overlap)</th></tr>\n";
+        let _ = writeln!(
+            out,
+            "<h2>Best strategy and depth</h2>\n<table><tr><th>setting</th><th>best</th><th>{metric}</th><th>tied (95% intervals overlap)</th></tr>"
+        );
         for best in &report.best {
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td class=\"n\">{:.4}</td><td>{}</td></tr>",
                 escape(&setting(&report.axes, &best.axes)),
                 escape(&best.best),
-                best.accuracy.mean,
+                best.value.mean,
                 escape(&best.tied.join(", "))
             );
         }
@@ -114,7 +121,11 @@ fn results_table(out: &mut String, report: &Report) {
     for axis in &report.axes {
         let _ = write!(out, "<th>{}</th>", escape(short(axis)));
     }
-    out.push_str("<th>n</th><th>failed</th><th>not run</th><th>accuracy</th><th>± std</th><th>95% CI</th><th>gain vs scratch</th><th>95% CI</th></tr>\n");
+    let _ = writeln!(
+        out,
+        "<th>n</th><th>failed</th><th>not run</th><th>{}</th><th>± std</th><th>95% CI</th><th>gain vs scratch</th><th>95% CI</th></tr>",
+        report.metric.name()
+    );
     let number = |v: Option<f64>, format: fn(f64) -> String| v.map_or("-".into(), format);
     for row in &report.rows {
         let class = if row.failed > 0 {
@@ -143,9 +154,9 @@ fn results_table(out: &mut String, report: &Report) {
             row.count,
             row.failed,
             row.missing,
-            number(row.accuracy.map(|a| a.mean), |v| format!("{v:.4}")),
-            number(row.accuracy.and_then(|a| a.std), |v| format!("{v:.4}")),
-            number(row.accuracy.and_then(|a| a.ci95), |v| format!("±{v:.4}")),
+            number(row.value.map(|a| a.mean), |v| format!("{v:.4}")),
+            number(row.value.and_then(|a| a.std), |v| format!("{v:.4}")),
+            number(row.value.and_then(|a| a.ci95), |v| format!("±{v:.4}")),
             number(row.gain.map(|g| g.mean), |v| format!("{v:+.4}")),
             number(row.gain.and_then(|g| g.ci95), |v| format!("±{v:.4}")),
         );

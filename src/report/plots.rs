@@ -1,7 +1,7 @@
 //! Figures of a sweep: which lines each one shows, from the report's rows and the trials'
 //! training curves. `draw` turns them into SVG (plotters) and PNG (resvg):
 //!
-//! - accuracy against depth for each strategy family, one panel per setting (target size),
+//! - the metric (accuracy by default) against depth for each strategy family, one panel per setting (target size),
 //!   with 95% intervals: the figure of Yosinski et al. 2014 for this sweep;
 //! - gain over scratch against target size (log axis), each strategy at its best depth;
 //! - training loss against step per strategy (at its best depth), mean with a ±std band.
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use plotters::chart::SeriesLabelPosition;
 use serde_json::Value;
 
-use super::{Report, Row, Summary, setting, short};
+use super::{Metric, Report, Row, Summary, setting, short};
 use crate::error::Result;
 use crate::plan::{Plan, StrategyLabel};
 use crate::spec::Strategy;
@@ -24,7 +24,7 @@ use crate::store::{Status, TrialRecord};
 
 /// One figure.
 pub struct Figure {
-    /// File stem: `accuracy-vs-depth`, `gain-vs-size`, `training-curves`.
+    /// File stem: `accuracy-vs-depth` (`macro_f1-`, `ece-`), `gain-vs-size`, `training-curves`.
     pub name: &'static str,
     /// What it shows, for captions.
     pub title: String,
@@ -67,18 +67,26 @@ struct Axis<'a> {
 pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let depth = depth_panels(report, plan.blocks);
+    let (name, y) = match report.metric {
+        Metric::Accuracy => ("accuracy-vs-depth", "eval accuracy (fraction correct)"),
+        Metric::MacroF1 => ("macro_f1-vs-depth", "eval macro-F1"),
+        Metric::Ece => ("ece-vs-depth", "eval ECE (lower is better)"),
+    };
     if depth.iter().any(|p| !p.series.is_empty()) {
         figures.push(Figure {
-            name: "accuracy-vs-depth",
-            title: "Eval accuracy against depth (mean and 95% interval over seeds)".into(),
+            name,
+            title: format!(
+                "Eval {} against depth (mean and 95% interval over seeds)",
+                report.metric.name()
+            ),
             svg: draw::draw(
-                "accuracy-vs-depth",
+                name,
                 &depth,
                 Axis {
                     desc: "depth (blocks transferred or frozen)",
                     labels: plan.blocks + 1,
                 },
-                "eval accuracy (fraction correct)",
+                y,
                 false,
                 SeriesLabelPosition::LowerRight,
             )?,
@@ -95,7 +103,7 @@ pub fn figures(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Result<
                     desc: "examples per class (log scale)",
                     labels: 12,
                 },
-                "gain over scratch (accuracy, fraction)",
+                &format!("gain over scratch ({})", report.metric.name()),
                 true,
                 SeriesLabelPosition::UpperRight,
             )?,
@@ -155,7 +163,7 @@ fn depth_panels(report: &Report, blocks: usize) -> Vec<Panel> {
                 let mut points: Vec<_> = rows
                     .iter()
                     .filter(|r| r.strategy == family)
-                    .filter_map(|r| point(x_of(r) as f64, r.accuracy))
+                    .filter_map(|r| point(x_of(r) as f64, r.value))
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 if !points.is_empty() {
@@ -174,7 +182,7 @@ fn depth_panels(report: &Report, blocks: usize) -> Vec<Panel> {
                 if let Some(s) = rows
                     .iter()
                     .find(|r| r.strategy == reference)
-                    .and_then(|r| r.accuracy)
+                    .and_then(|r| r.value)
                 {
                     series.push(Series {
                         name: format!("{reference} ({:.3})", s.mean),
@@ -215,7 +223,7 @@ fn gain_panel(report: &Report) -> Option<Panel> {
             .1
             .entry(size)
             .or_insert(row);
-        if row.accuracy.map(|a| a.mean) > slot.accuracy.map(|a| a.mean) {
+        if better(report.metric, row, slot) {
             *slot = row;
         }
     }
@@ -246,6 +254,15 @@ fn gain_panel(report: &Report) -> Option<Panel> {
     })
 }
 
+/// Whether `row` has a better mean of `metric` than `than` (a row without one never has).
+fn better(metric: Metric, row: &Row, than: &Row) -> bool {
+    match (row.value, than.value) {
+        (Some(a), Some(b)) => metric.order(a.mean, b.mean).is_gt(),
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 fn curve_panels(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Vec<Panel> {
     let by_id: BTreeMap<&str, &TrialRecord> = records
         .iter()
@@ -257,9 +274,9 @@ fn curve_panels(report: &Report, plan: &Plan, records: &[TrialRecord]) -> Vec<Pa
         .map(|(axes, rows)| {
             // Each strategy at its best depth here.
             let mut best: BTreeMap<&str, &Row> = BTreeMap::new();
-            for row in rows.iter().filter(|r| r.accuracy.is_some()) {
+            for row in rows.iter().filter(|r| r.value.is_some()) {
                 let slot = best.entry(row.strategy.name()).or_insert(row);
-                if row.accuracy.map(|a| a.mean) > slot.accuracy.map(|a| a.mean) {
+                if better(report.metric, row, slot) {
                     *slot = row;
                 }
             }

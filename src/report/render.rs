@@ -88,14 +88,11 @@ fn row_key_cells(row: &Row) -> Vec<String> {
 fn csv(report: &Report) -> String {
     let mut header: Vec<String> = vec!["strategy".into(), "t".into(), "f".into()];
     header.extend(report.axes.iter().cloned());
+    let metric = report.metric.name();
+    header.extend(["finished", "failed", "missing"].map(String::from));
+    header.extend(["mean", "std", "ci95"].map(|s| format!("{metric}_{s}")));
     header.extend(
         [
-            "finished",
-            "failed",
-            "missing",
-            "accuracy_mean",
-            "accuracy_std",
-            "accuracy_ci95",
             "loss_mean",
             "gain_mean",
             "gain_ci95",
@@ -119,9 +116,9 @@ fn csv(report: &Report) -> String {
             row.count.to_string(),
             row.failed.to_string(),
             row.missing.to_string(),
-            raw(row.accuracy.map(|a| a.mean)),
-            raw(row.accuracy.and_then(|a| a.std)),
-            raw(row.accuracy.and_then(|a| a.ci95)),
+            raw(row.value.map(|a| a.mean)),
+            raw(row.value.and_then(|a| a.std)),
+            raw(row.value.and_then(|a| a.ci95)),
             raw(row.loss_mean),
             raw(row.gain.map(|g| g.mean)),
             raw(row.gain.and_then(|g| g.ci95)),
@@ -208,7 +205,7 @@ pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
     ) -> Option<&'r Row> {
         report.rows.iter().find(|r| key(report, r) == *k)
     }
-    let accuracy = |row: Option<&Row>| match row.and_then(|r| r.accuracy) {
+    let value = |row: Option<&Row>| match row.and_then(|r| r.value) {
         Some(s) => format!("{:.4} {} (n={})", s.mean, half_width(Some(s)), s.n),
         None => "-".into(),
     };
@@ -226,7 +223,7 @@ pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
         .iter()
         .map(|k| {
             let (x, y) = (find(a, k, key), find(b, k, key));
-            let difference = match (x.and_then(|r| r.accuracy), y.and_then(|r| r.accuracy)) {
+            let difference = match (x.and_then(|r| r.value), y.and_then(|r| r.value)) {
                 (Some(x), Some(y)) => format!("{:+.4}", y.mean - x.mean),
                 _ => "-".into(),
             };
@@ -235,8 +232,8 @@ pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
                 k.1.to_string(),
                 k.2.to_string(),
                 k.3.clone(),
-                accuracy(x),
-                accuracy(y),
+                value(x),
+                value(y),
                 difference,
             ]
         })
@@ -265,7 +262,7 @@ fn text(report: &Report, markdown: bool) -> String {
     header.extend(
         [
             "n",
-            "accuracy",
+            report.metric.name(),
             "± std",
             "95% CI",
             "gain vs scratch",
@@ -290,9 +287,9 @@ fn text(report: &Report, markdown: bool) -> String {
         };
         line.extend([
             n,
-            number(row.accuracy.map(|a| a.mean), false),
-            number(row.accuracy.and_then(|a| a.std), false),
-            half_width(row.accuracy),
+            number(row.value.map(|a| a.mean), false),
+            number(row.value.and_then(|a| a.std), false),
+            half_width(row.value),
             gain,
             half_width(row.gain),
         ]);
@@ -314,7 +311,12 @@ fn text(report: &Report, markdown: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "gain: accuracy minus scratch's with the same seed and data; * its 95% interval (Student's t) excludes zero"
+        "gain: {} minus scratch's with the same seed and data; * its 95% interval (Student's t) excludes zero{}",
+        report.metric.name(),
+        match report.metric.higher_is_better() {
+            true => "",
+            false => " (lower is better)",
+        }
     );
     if !report.best.is_empty() {
         let _ = writeln!(
@@ -334,7 +336,7 @@ fn text(report: &Report, markdown: bool) -> String {
                 if markdown { "- " } else { "  " },
                 setting(&report.axes, &best.axes),
                 best.best,
-                best.accuracy.mean,
+                best.value.mean,
             );
         }
     }

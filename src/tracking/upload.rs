@@ -26,7 +26,7 @@ pub struct Report {
 impl Report {
     /// The report of a plan's records.
     pub fn of(plan: &Plan, records: &[TrialRecord]) -> Self {
-        let built = report::build(plan, records);
+        let built = report::build(plan, records, report::Metric::Accuracy);
         Report {
             markdown: report::render(&built, Format::Md),
             json: report::render(&built, Format::Json),

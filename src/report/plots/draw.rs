@@ -70,8 +70,8 @@ pub(super) fn draw(
         (l.min(p.1 - e), h.max(p.1 + e))
     });
     let mut y = range(y_low, y_high, 0.08);
-    if y_desc.starts_with("eval accuracy") {
-        // An interval may reach past what an accuracy can be; the axis does not.
+    if y_desc.starts_with("eval ") {
+        // An interval may reach past what a metric in [0, 1] can be; the axis does not.
         y = y.start.max(0.0)..y.end.min(1.0);
     }
     if y_desc.contains("gain") {
