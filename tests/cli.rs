@@ -316,3 +316,33 @@ fn models_lists_the_blocks_with_published_parameter_counts() {
     }
     assert_eq!(blocks("bert") + 384 * 384 + 384, 22_713_216);
 }
+
+/// A key the spec leaves out (an optional one, like `train.head_lr`) can be swept; a key no
+/// spec has is still refused.
+#[test]
+fn optional_keys_left_out_of_the_spec_can_be_swept() {
+    let spec = SMALL_SWEEP.replace(
+        "  seed: [0, 1]\n",
+        "  seed: [0, 1]\n  train.head_lr: [0.001, 0.01]\n",
+    );
+    let test = Test::new().file("spec.yaml", &spec);
+    let ran = test.run(&["plan", "spec.yaml", "--json"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let rates: std::collections::BTreeSet<String> = (plan["trials"].as_array().unwrap().iter())
+        .map(|t| t["config"]["train"]["head_lr"].to_string())
+        .collect();
+    assert_eq!(rates, ["0.001".to_string(), "0.01".into()].into());
+    let typo = Test::new().file(
+        "spec.yaml",
+        spec.replace("train.head_lr", "train.head_rate"),
+    );
+    let ran = typo.run(&["plan", "spec.yaml"]);
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr
+            .contains("sweep axis `train.head_rate` is not a key of the spec"),
+        "{}",
+        ran.stderr
+    );
+}

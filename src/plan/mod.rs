@@ -106,8 +106,22 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// The value at a dotted key path of a YAML tree, for writing: a key missing from the last
+/// mapping (an optional key the spec leaves out, e.g. `train.head_lr`) is added as null.
 fn set<'a>(value: &'a mut serde_yaml::Value, path: &str) -> Option<&'a mut serde_yaml::Value> {
-    path.split('.').try_fold(value, |v, key| v.get_mut(key))
+    let (parent, last) = match path.rsplit_once('.') {
+        Some((parent, last)) => (
+            parent.split('.').try_fold(value, |v, key| v.get_mut(key))?,
+            last,
+        ),
+        None => (value, path),
+    };
+    let mapping = parent.as_mapping_mut()?;
+    Some(
+        mapping
+            .entry(last.into())
+            .or_insert(serde_yaml::Value::Null),
+    )
 }
 
 /// The axis names in the order they vary (last fastest): `seed` last, the rest sorted.
@@ -139,7 +153,11 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
         if axis == "sweep" || axis.starts_with("sweep.") || axis == "name" {
             return Err(loaded.error(&at, format!("`{axis}` cannot be swept")));
         }
-        if set(&mut base.clone(), axis).is_none() {
+        // A key the spec types do not have is refused by them (unknown field).
+        let mut probe = base.clone();
+        let known =
+            set(&mut probe, axis).is_some() && serde_yaml::from_value::<Spec>(probe).is_ok();
+        if !known {
             let error = InputError::new(format!("sweep axis `{axis}` is not a key of the spec"))
                 .with_origin(loaded.origin(&at, true));
             let valid = key_paths(&serde_json::to_value(spec).expect("specs serialise"));
