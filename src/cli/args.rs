@@ -118,7 +118,7 @@ pub enum Command {
         sbatch_args: Vec<String>,
         /// Submit only the trials with no finished record (failed, interrupted, killed and
         /// never started ones), as a smaller array. A trial still running elsewhere is
-        /// skipped by the new task that meets it, never run twice.
+        /// waited for by the new task that meets it, and run only if it did not finish.
         #[arg(long)]
         resume: bool,
         /// Write the script and print it; submit nothing.
