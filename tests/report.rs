@@ -226,6 +226,35 @@ fn the_metric_option_compares_macro_f1_or_calibration() {
             assert_eq!(chosen, extreme, "{metric}: {best}");
         }
     }
+    // The page shows each setting's best trial's confusion matrix, from its record.
+    let ran = test.run(&[
+        "report",
+        "runs/small",
+        "--html",
+        "page.html",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let page = std::fs::read_to_string(test.join("page.html")).unwrap();
+    assert!(page.contains("Confusion matrices of the best trials"));
+    for best in report["best"].as_array().unwrap() {
+        let id = best["trial"].as_str().unwrap();
+        assert!(page.contains(&format!("(trial {id})")), "{id}");
+        let record = &records[id];
+        let row: Vec<String> = (record["eval"]["confusion"][1].as_array().unwrap().iter())
+            .enumerate()
+            .map(|(p, n)| match p {
+                1 => format!("<td class=\"n\" style=\"background:#e3f1e3\">{n}</td>"),
+                _ => format!("<td class=\"n\">{n}</td>"),
+            })
+            .collect();
+        assert!(
+            page.contains(&format!("<tr><th>16</th>{}</tr>", row.join(""))),
+            "{id}"
+        );
+    }
     let csv = test.run(&["report", "runs/small", "--metric", "ece", "--format", "csv"]);
     assert!(
         csv.stdout.starts_with(

@@ -43,6 +43,9 @@ pub struct Row {
     /// The metric by seed, for pairing and plots.
     #[serde(skip)]
     pub by_seed: BTreeMap<u64, f64>,
+    /// The trial of each seed in `by_seed`.
+    #[serde(skip)]
+    pub trial_ids: BTreeMap<u64, String>,
 }
 
 impl Row {
@@ -60,6 +63,7 @@ impl Row {
             loss_mean: None,
             gain: None,
             by_seed: BTreeMap::new(),
+            trial_ids: BTreeMap::new(),
         }
     }
 
@@ -123,6 +127,8 @@ pub struct Best {
     pub value: Summary,
     /// Rows statistically tied with it (95% intervals overlap).
     pub tied: Vec<String>,
+    /// The best row's best trial (its seed with the best metric).
+    pub trial: Option<String>,
 }
 
 /// What a report's tables compare: one number of each finished trial's evaluation.
@@ -246,6 +252,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
                     row.count += 1;
                     if let Some(value) = metric.of(eval) {
                         row.by_seed.insert(trial.config.seed, value);
+                        row.trial_ids.insert(trial.config.seed, r.id.clone());
                     }
                     losses[at].push(eval.loss);
                 }
@@ -318,7 +325,11 @@ fn best(rows: &[Row], metric: Metric) -> Vec<Best> {
                 .iter()
                 .max_by(|a, b| metric.order(a.value.unwrap().mean, b.value.unwrap().mean))?;
             let value = top.value.unwrap();
+            let seed = (top.by_seed.iter())
+                .max_by(|a, b| metric.order(*a.1, *b.1))
+                .map(|(seed, _)| seed);
             Some(Best {
+                trial: seed.and_then(|s| top.trial_ids.get(s).cloned()),
                 axes: axes.to_vec(),
                 best: top.label(),
                 value,

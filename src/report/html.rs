@@ -89,6 +89,7 @@ pub fn render(page: &Page) -> String {
             );
         }
         out += "</table>\n";
+        confusion_matrices(&mut out, report, page.records);
     }
     out += "<h2>Figures</h2>\n";
     for figure in page.figures {
@@ -162,6 +163,59 @@ fn results_table(out: &mut String, report: &Report) {
         );
     }
     out.push_str("</table>\n");
+}
+
+/// The confusion matrix of each setting's best trial: rows are true classes, columns
+/// predicted ones, counts of eval examples; the diagonal is shaded.
+fn confusion_matrices(out: &mut String, report: &Report, records: &[TrialRecord]) {
+    let matrices: Vec<_> = (report.best.iter())
+        .filter_map(|best| {
+            let record = records
+                .iter()
+                .find(|r| Some(&r.id) == best.trial.as_ref())?;
+            let metrics = record.eval.as_ref()?.metrics.as_ref()?;
+            Some((best, record, metrics))
+        })
+        .collect();
+    if matrices.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Confusion matrices of the best trials</h2>\n<p>Rows: true class; columns: predicted class (the original class labels of the target); counts of eval examples.</p>\n");
+    for (best, record, metrics) in matrices {
+        let classes = metrics.confusion.len();
+        let labels: Vec<String> = match &record.config.target.train.classes {
+            Some(given) if given.len() == classes => given.iter().map(u32::to_string).collect(),
+            _ => (0..classes).map(|c| c.to_string()).collect(),
+        };
+        let _ = write!(
+            out,
+            "<table class=\"confusion\"><caption>{}: {} seed {} (trial {}), accuracy {:.4}, macro-F1 {:.4}, ECE {:.4}</caption><tr><th>true \\ predicted</th>",
+            escape(&setting(&report.axes, &best.axes)),
+            escape(&best.best),
+            record.config.seed,
+            record.id,
+            record.eval.as_ref().map_or(0.0, |e| e.accuracy),
+            metrics.macro_f1,
+            metrics.ece,
+        );
+        for label in &labels {
+            let _ = write!(out, "<th>{}</th>", escape(label));
+        }
+        out.push_str("</tr>\n");
+        for (t, row) in metrics.confusion.iter().enumerate() {
+            let _ = write!(out, "<tr><th>{}</th>", escape(&labels[t]));
+            for (p, count) in row.iter().enumerate() {
+                let shade = if t == p {
+                    " style=\"background:#e3f1e3\""
+                } else {
+                    ""
+                };
+                let _ = write!(out, "<td class=\"n\"{shade}>{count}</td>");
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</table>\n");
+    }
 }
 
 fn failed_trials(out: &mut String, records: &[TrialRecord]) {
