@@ -133,7 +133,7 @@ impl Sources {
                 &self.device,
             )?;
             let batches = seed("batches");
-            let curve = match train::fit(&net, &data, None, &pretrain.train, 0, batches)? {
+            let curve = match train::fit(&net, &data, None, &pretrain.train, (0, None), batches)? {
                 Fit::Done(curve, _) => curve,
                 Fit::Interrupted { .. } => return Err(Error::Interrupted),
                 Fit::Diverged { step, .. } => {

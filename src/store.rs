@@ -115,6 +115,9 @@ pub struct TrialRecord {
     /// With `train.early_stopping`: the best validation's step and value, and the last step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<crate::train::EarlyStop>,
+    /// Parameters the optimizer trained (the head's included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_parameters: Option<usize>,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.

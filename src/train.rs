@@ -12,7 +12,7 @@ use crate::features::Features;
 use crate::metrics::Metrics;
 use crate::model::{Mode, Network};
 use crate::optim::{Optimizer, Param};
-use crate::spec::{StopMetric, TrainSpec};
+use crate::spec::{Adapter, StopMetric, TrainSpec};
 
 /// Images per evaluation batch.
 const EVAL_BATCH: usize = 1024;
@@ -141,12 +141,25 @@ impl BatchOrder {
 /// Batch indices go to the device this many steps at a time, not once per step.
 const UPLOAD_STEPS: usize = 256;
 
-/// The variables of blocks above `freeze_depth` and of the head, each with its learning rate
-/// factor (layer-wise decay, the head's own rate).
-pub fn params(net: &Network, train: &TrainSpec, freeze_depth: usize) -> Vec<Param> {
+/// The variables of blocks above `freeze_depth` (those `adapter` trains) and of the head,
+/// each with its learning rate factor (layer-wise decay, the head's own rate).
+pub fn params(
+    net: &Network,
+    train: &TrainSpec,
+    freeze_depth: usize,
+    adapter: Option<Adapter>,
+) -> Vec<Param> {
     let blocks = net.block_count();
     net.trainable(freeze_depth)
         .into_iter()
+        .filter(|(name, _)| {
+            let block = crate::model::block_of(name);
+            match adapter {
+                None => true,
+                // BitFit: biases (BatchNorm's and LayerNorm's shifts are named `bias` too).
+                Some(Adapter::Bitfit) => block.is_none() || name.ends_with(".bias"),
+            }
+        })
         .map(|(name, var)| Param {
             factor: train.rate_factor(crate::model::block_of(&name), blocks),
             name,
@@ -163,7 +176,7 @@ pub fn fit(
     data: &Batchable,
     features: Option<&Features>,
     train: &TrainSpec,
-    freeze_depth: usize,
+    (freeze_depth, adapter): (usize, Option<Adapter>),
     seed: u64,
 ) -> candle_core::Result<Fit> {
     let stopping = train.early_stopping.as_ref();
@@ -193,7 +206,7 @@ pub fn fit(
         Some(features) => (&features.tensor, freeze_depth),
         None => (&data.inputs, 0),
     };
-    let mut optimizer = Optimizer::new(train, params(net, train, freeze_depth))?;
+    let mut optimizer = Optimizer::new(train, params(net, train, freeze_depth, adapter))?;
     let mut order = BatchOrder::new(trained, seed);
     // The best validation so far (step, value), its weights, and validations since.
     let mut best: Option<(usize, f64)> = None;
@@ -501,7 +514,7 @@ mod freezing_tests {
             flat(&net, "b2.linear.weight"),
             flat(&net, "head.weight"),
         );
-        let Fit::Done(curve, None) = fit(&net, &data, None, &train, 1, 0).unwrap() else {
+        let Fit::Done(curve, None) = fit(&net, &data, None, &train, (1, None), 0).unwrap() else {
             panic!("diverged")
         };
         assert_eq!(
@@ -530,7 +543,8 @@ mod freezing_tests {
         train.layer_lr_decay = Some(0.5);
         train.head_lr = Some(0.03);
         let rates = |freeze_depth| {
-            let optimizer = Optimizer::new(&train, params(&net, &train, freeze_depth)).unwrap();
+            let optimizer =
+                Optimizer::new(&train, params(&net, &train, freeze_depth, None)).unwrap();
             let rates: Vec<(String, f64)> = (optimizer.rates().into_iter())
                 .map(|(name, rate)| (name.to_string(), rate))
                 .collect();
@@ -554,7 +568,7 @@ mod freezing_tests {
         for (name, rate) in &all {
             assert!((rate - expected(name)).abs() < 1e-12, "{name}: {rate}");
         }
-        let mut optimizer = Optimizer::new(&train, params(&net, &train, 0)).unwrap();
+        let mut optimizer = Optimizer::new(&train, params(&net, &train, 0, None)).unwrap();
         optimizer.set_lr(train.lr * 0.5);
         for (name, rate) in optimizer.rates() {
             assert!(
@@ -601,7 +615,8 @@ mod freezing_tests {
             metric: StopMetric::Loss,
         };
         train.early_stopping = Some(stop.clone());
-        let Fit::Done(curve, Some(early)) = fit(&net, &data, None, &train, 1, 4).unwrap() else {
+        let Fit::Done(curve, Some(early)) = fit(&net, &data, None, &train, (1, None), 4).unwrap()
+        else {
             panic!("no early stop recorded")
         };
         assert!(early.stop_step < 2000, "{early:?}");
@@ -625,10 +640,34 @@ mod freezing_tests {
             patience: 100,
             ..stop
         });
-        let Fit::Done(_, Some(early)) = fit(&net, &data, None, &train, 0, 4).unwrap() else {
+        let Fit::Done(_, Some(early)) = fit(&net, &data, None, &train, (0, None), 4).unwrap()
+        else {
             panic!("no early stop recorded")
         };
         assert_eq!(early.stop_step, 12);
+    }
+
+    /// BitFit: above the freeze depth only biases move; weights keep their values bit for bit;
+    /// the head trains whole; the trainable count is the biases above f plus the head.
+    #[test]
+    fn bitfit_trains_biases_above_the_freeze_depth_and_the_head() {
+        let (net, data, train) = setup(&mlp(), 4, 30);
+        let flat_of = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Values, not tensors: the optimizer updates variables in place.
+        let before: Vec<(String, Vec<f32>)> = (net.tensors().iter())
+            .map(|(n, t)| (n.clone(), flat_of(t)))
+            .collect();
+        let trained = params(&net, &train, 1, Some(Adapter::Bitfit));
+        let names: Vec<&str> = trained.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["b2.linear.bias", "head.bias", "head.weight"]);
+        let count: usize = trained.iter().map(|p| p.var.elem_count()).sum();
+        assert_eq!(count, 8 + 3 + 8 * 3);
+        fit(&net, &data, None, &train, (1, Some(Adapter::Bitfit)), 0).unwrap();
+        let after = net.tensors();
+        for (name, values) in &before {
+            let moved = *values != flat_of(&after[name]);
+            assert_eq!(moved, names.contains(&name.as_str()), "{name}");
+        }
     }
 
     /// The rates are the ones applied: a block at a ten-thousandth of the rate barely moves.
@@ -638,7 +677,7 @@ mod freezing_tests {
             let (net, data, mut train) = setup(&mlp(), 4, 30);
             train.layer_lr_decay = decay;
             let before = flat(&net, "b1.linear.weight");
-            fit(&net, &data, None, &train, 0, 0).unwrap();
+            fit(&net, &data, None, &train, (0, None), 0).unwrap();
             let after = flat(&net, "b1.linear.weight");
             (before.iter().zip(&after))
                 .map(|(a, b)| (a - b).abs())
@@ -677,12 +716,19 @@ mod freezing_tests {
             .unwrap();
         let features = cache.features(key, &cached, &data).unwrap().unwrap();
         assert_eq!(features.tensor.dim(0).unwrap(), 40, "cached once per image");
-        let Fit::Done(with, _) =
-            fit(&cached, &data, Some(&features), &train, freeze_depth, 7).unwrap()
-        else {
+        let Fit::Done(with, _) = fit(
+            &cached,
+            &data,
+            Some(&features),
+            &train,
+            (freeze_depth, None),
+            7,
+        )
+        .unwrap() else {
             panic!("diverged")
         };
-        let Fit::Done(without, _) = fit(&plain, &data, None, &train, freeze_depth, 7).unwrap()
+        let Fit::Done(without, _) =
+            fit(&plain, &data, None, &train, (freeze_depth, None), 7).unwrap()
         else {
             panic!("diverged")
         };

@@ -65,6 +65,7 @@ pub fn run(trial: &Trial, context: &Context) -> Result<TrialRecord> {
         xferlab_version: env!("CARGO_PKG_VERSION").to_string(),
         config: trial.config.clone(),
         early_stopping: None,
+        trainable_parameters: None,
     };
     match train_and_evaluate(trial, context, &mut record) {
         Ok(()) => Ok(record),
@@ -115,13 +116,15 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
     let (train_features, eval_features) = transfer(config, context, &net, &data, record)?;
     record.timings.setup_seconds = started.elapsed().as_secs_f64();
 
+    let trained = train::params(&net, &config.train, config.freeze_depth, config.adapter);
+    record.trainable_parameters = Some(trained.iter().map(|p| p.var.elem_count()).sum());
     let training = Instant::now();
     let fit = train::fit(
         &net,
         &data.train,
         train_features.as_ref(),
         &config.train,
-        config.freeze_depth,
+        (config.freeze_depth, config.adapter),
         derive_seed(config.seed, "batches"),
     )?;
     record.timings.train_seconds = training.elapsed().as_secs_f64();

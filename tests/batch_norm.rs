@@ -64,7 +64,7 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
     };
     let freeze_depth = 5;
     assert!(matches!(
-        fit(&net, &data, None, &train, freeze_depth, 0).unwrap(),
+        fit(&net, &data, None, &train, (freeze_depth, None), 0).unwrap(),
         Fit::Done(..)
     ));
     let trainable = net.trainable_vars(freeze_depth);

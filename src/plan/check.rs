@@ -148,6 +148,13 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
                     return Err(at(&format!("{path}.freeze_depth"), format!("freeze_depth {} is deeper than transfer_depth {}: only transferred blocks can be frozen", raw.freeze_depth, raw.transfer_depth))
                         .with_help(format!("use 0..={}", raw.transfer_depth)));
                 }
+                if raw.adapter.is_some() && raw.freeze_depth >= blocks {
+                    return Err(at(
+                        &format!("{path}.adapter"),
+                        format!("an adapter trains blocks above freeze_depth, and freeze_depth {} leaves none of the model's {blocks} blocks", raw.freeze_depth),
+                    )
+                    .with_help(format!("use freeze_depth 0..{blocks}, or no adapter")));
+                }
             }
             StrategyEntry::Named(_) => {}
         }

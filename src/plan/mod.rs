@@ -14,8 +14,8 @@ use crate::data::Catalog;
 use crate::error::InputError;
 use crate::model::block_count;
 use crate::spec::{
-    DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec, TrainSpec,
-    suggest,
+    Adapter, DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec,
+    TrainSpec, suggest,
 };
 use crate::table::{self, Layout};
 
@@ -42,6 +42,9 @@ pub struct TrialConfig {
     pub transfer_depth: usize,
     /// Blocks 1..f are frozen.
     pub freeze_depth: usize,
+    /// Blocks above f train only what the adapter trains (absent: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<Adapter>,
 }
 
 impl TrialConfig {
@@ -245,12 +248,15 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
         blocks = blocks.max(l);
         for entry in &point.strategies {
             expanded += 1;
-            let (t, f) = match entry {
-                StrategyEntry::Named(s) => s.depths(l, point.freeze_depth.unwrap_or(0)),
-                StrategyEntry::Raw(raw) => (raw.transfer_depth, raw.freeze_depth),
+            let ((t, f), adapter) = match entry {
+                StrategyEntry::Named(s) => {
+                    (s.depths(l, point.freeze_depth.unwrap_or(0)), s.adapter())
+                }
+                StrategyEntry::Raw(raw) => ((raw.transfer_depth, raw.freeze_depth), raw.adapter),
             };
             let label = StrategyLabel::of(entry);
-            let config = trial_config(&point, t, f);
+            let mut config = trial_config(&point, t, f);
+            config.adapter = adapter;
             let id = config.id();
             if let Some(&existing) = by_id.get(&id) {
                 trials[existing].strategies.insert(label);
@@ -307,6 +313,7 @@ fn trial_config(point: &Spec, t: usize, f: usize) -> TrialConfig {
         seed: point.seed,
         transfer_depth: t,
         freeze_depth: f,
+        adapter: None,
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Row {
     pub value: Option<Summary>,
     /// Mean eval loss.
     pub loss_mean: Option<f64>,
+    /// Parameters its trials trained (the head's included), when their records say.
+    pub trainable_parameters: Option<usize>,
     /// The metric minus the baseline's, paired by seed (same data subset, same everything but
     /// the strategy), over the seeds both finished.
     pub gain: Option<Summary>,
@@ -61,6 +63,7 @@ impl Row {
             missing: 0,
             value: None,
             loss_mean: None,
+            trainable_parameters: None,
             gain: None,
             by_seed: BTreeMap::new(),
             trial_ids: BTreeMap::new(),
@@ -250,6 +253,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
                 Some(r) if r.status == Status::Finished => {
                     let eval = r.eval.as_ref().expect("finished trials have an evaluation");
                     row.count += 1;
+                    row.trainable_parameters = row.trainable_parameters.or(r.trainable_parameters);
                     if let Some(value) = metric.of(eval) {
                         row.by_seed.insert(trial.config.seed, value);
                         row.trial_ids.insert(trial.config.seed, r.id.clone());

@@ -94,6 +94,7 @@ fn csv(report: &Report) -> String {
     header.extend(
         [
             "loss_mean",
+            "trainable_parameters",
             "gain_mean",
             "gain_ci95",
             "gain_pairs",
@@ -120,6 +121,9 @@ fn csv(report: &Report) -> String {
             raw(row.value.and_then(|a| a.std)),
             raw(row.value.and_then(|a| a.ci95)),
             raw(row.loss_mean),
+            row.trainable_parameters
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
             raw(row.gain.map(|g| g.mean)),
             raw(row.gain.and_then(|g| g.ci95)),
             row.gain.map(|g| g.n.to_string()).unwrap_or_default(),

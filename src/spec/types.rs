@@ -516,6 +516,18 @@ pub enum Strategy {
     PrefixFrozen,
     /// t = freeze_depth, f = 0 (Yosinski et al. 2014 "AnB+").
     PrefixFinetune,
+    /// t = L, f = 0 with `adapter: bitfit`: every transferred block trains its biases only.
+    Bitfit,
+}
+
+/// A parameter-efficient way to train the blocks above the freeze depth: only some of their
+/// parameters train; the rest keep the source model's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Adapter {
+    /// BitFit (Ben Zaken et al., 2022): only bias terms train (linear, convolution, and
+    /// BatchNorm's and LayerNorm's shifts); the new head trains whole.
+    Bitfit,
 }
 
 impl Strategy {
@@ -543,6 +555,15 @@ impl Strategy {
             Strategy::Finetune => (blocks, 0),
             Strategy::PrefixFrozen => (freeze_depth, freeze_depth),
             Strategy::PrefixFinetune => (freeze_depth, 0),
+            Strategy::Bitfit => (blocks, 0),
+        }
+    }
+
+    /// The adapter the preset trains with.
+    pub fn adapter(self) -> Option<Adapter> {
+        match self {
+            Strategy::Bitfit => Some(Adapter::Bitfit),
+            _ => None,
         }
     }
 
@@ -606,6 +627,9 @@ pub struct RawDepths {
     pub transfer_depth: usize,
     /// Blocks 1..f are frozen (f <= t).
     pub freeze_depth: usize,
+    /// Blocks above f train only what the adapter trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<Adapter>,
 }
 
 // Hand-written so a misspelt name gets serde's "unknown variant, expected one of" (and so a
