@@ -206,7 +206,14 @@ pub fn fit(
         Some(features) => (&features.tensor, freeze_depth),
         None => (&data.inputs, 0),
     };
-    let mut optimizer = Optimizer::new(train, params(net, train, freeze_depth, adapter))?;
+    // Gradual unfreezing starts with every block frozen and adds one block from the top to
+    // the optimizer every `unfreeze_every` steps, down to `freeze_depth`; the blocks between
+    // the cached prefix and the current depth run without gradients.
+    let mut frozen = match train.unfreeze_every {
+        Some(_) => blocks.max(freeze_depth),
+        None => freeze_depth,
+    };
+    let mut optimizer = Optimizer::new(train, params(net, train, frozen, adapter))?;
     let mut order = BatchOrder::new(trained, seed);
     // The best validation so far (step, value), its weights, and validations since.
     let mut best: Option<(usize, f64)> = None;
@@ -264,13 +271,23 @@ pub fn fit(
         let mask = (data.mask.as_ref())
             .map(|m| m.tensor.index_select(&examples, 0))
             .transpose()?;
+        if let Some(every) = train.unfreeze_every {
+            let depth = blocks.saturating_sub((step - 1) / every).max(freeze_depth);
+            if depth < frozen {
+                let unfrozen = params(net, train, depth, adapter).into_iter().filter(|p| {
+                    crate::model::block_of(&p.name).is_some_and(|b| b > depth && b <= frozen)
+                });
+                optimizer.add(unfrozen.collect())?;
+                frozen = depth;
+            }
+        }
         let (mut x, mask) = trimmed(x, mask, longest.get(within), first_block < blocks)?;
-        if first_block < freeze_depth {
+        if first_block < frozen {
             x = net
-                .forward_blocks(&x, mask.as_ref(), 0..freeze_depth, Mode::Infer)?
+                .forward_blocks(&x, mask.as_ref(), first_block..frozen, Mode::Infer)?
                 .detach();
         }
-        let last = net.forward_blocks(&x, mask.as_ref(), freeze_depth..blocks, Mode::Train)?;
+        let last = net.forward_blocks(&x, mask.as_ref(), frozen..blocks, Mode::Train)?;
         let logits = net.head(&last)?;
         let loss = cross_entropy(&logits, &data.targets.index_select(&examples, 0)?)?;
         if let Some(schedule) = &train.schedule {
@@ -487,6 +504,7 @@ mod freezing_tests {
             layer_lr_decay: None,
             head_lr: None,
             early_stopping: None,
+            unfreeze_every: None,
         };
         (net, data, train)
     }
@@ -668,6 +686,41 @@ mod freezing_tests {
             let moved = *values != flat_of(&after[name]);
             assert_eq!(moved, names.contains(&name.as_str()), "{name}");
         }
+    }
+
+    /// Gradual unfreezing: the head alone for the first `unfreeze_every` steps, then one more
+    /// block from the top every `unfreeze_every` steps, never below `freeze_depth`.
+    #[test]
+    fn gradual_unfreezing_moves_one_more_block_every_so_many_steps() {
+        let moved = |steps, freeze_depth| {
+            let (net, data, mut train) = setup(&mlp(), 4, 30);
+            train.steps = Some(steps);
+            train.unfreeze_every = Some(5);
+            let before: Vec<(String, Vec<f32>)> = (net.tensors().into_keys())
+                .map(|n| {
+                    let values = flat(&net, &n);
+                    (n, values)
+                })
+                .collect();
+            fit(&net, &data, None, &train, (freeze_depth, None), 0).unwrap();
+            let mut moved: Vec<String> = (before.into_iter())
+                .filter(|(n, v)| *v != flat(&net, n))
+                .map(|(n, _)| n)
+                .collect();
+            moved.sort();
+            moved
+        };
+        let head = ["head.bias", "head.weight"];
+        let b2 = ["b2.linear.bias", "b2.linear.weight"];
+        let b1 = ["b1.linear.bias", "b1.linear.weight"];
+        assert_eq!(moved(5, 0), head);
+        assert_eq!(moved(10, 0), [&b2[..], &head].concat());
+        assert_eq!(moved(11, 0), [&b1[..], &b2, &head].concat());
+        assert_eq!(
+            moved(30, 1),
+            [&b2[..], &head].concat(),
+            "freeze_depth is the floor"
+        );
     }
 
     /// The rates are the ones applied: a block at a ten-thousandth of the rate barely moves.

@@ -61,6 +61,7 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
         layer_lr_decay: None,
         head_lr: None,
         early_stopping: None,
+        unfreeze_every: None,
     };
     let freeze_depth = 5;
     assert!(matches!(

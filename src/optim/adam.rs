@@ -9,11 +9,11 @@ use candle_nn::ParamsAdamW;
 
 /// Adam over a fixed set of f32 variables; `weight_decay` makes it AdamW.
 pub struct Adam {
-    /// Each variable with its moments (a `[2, n]` tensor, first moments then second) and what
-    /// `params.lr` is multiplied by for it.
-    vars: Vec<(Var, Tensor, f64)>,
+    /// Each variable with its moments (a `[2, n]` tensor, first moments then second), what
+    /// `params.lr` is multiplied by for it, and the optimizer's steps since it joined (a
+    /// variable added later, by gradual unfreezing, starts its bias correction afresh).
+    vars: Vec<(Var, Tensor, f64, i32)>,
     pub(super) params: ParamsAdamW,
-    step: i32,
 }
 
 impl Adam {
@@ -25,21 +25,24 @@ impl Adam {
     /// Adam over `vars`, each with its own multiple of `params.lr` (PyTorch's parameter
     /// groups, one per variable).
     pub fn scaled(vars: Vec<(Var, f64)>, params: ParamsAdamW) -> Result<Self> {
-        let vars = vars
-            .into_iter()
-            .map(|(var, factor)| {
-                if var.dtype() != DType::F32 {
-                    bail!("adam: variable of {:?}, not f32", var.dtype());
-                }
-                let moments = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
-                Ok((var, moments, factor))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Adam {
-            vars,
+        let mut adam = Adam {
+            vars: Vec::new(),
             params,
-            step: 0,
-        })
+        };
+        for (var, factor) in vars {
+            adam.push(var, factor)?;
+        }
+        Ok(adam)
+    }
+
+    /// One more variable (f32), with zeroed moments and no steps yet.
+    pub fn push(&mut self, var: Var, factor: f64) -> Result<()> {
+        if var.dtype() != DType::F32 {
+            bail!("adam: variable of {:?}, not f32", var.dtype());
+        }
+        let moments = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
+        self.vars.push((var, moments, factor, 0));
+        Ok(())
     }
 
     /// Each variable's learning rate now, in the order given.
@@ -49,7 +52,6 @@ impl Adam {
 
     /// One update of every variable from its gradient in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step += 1;
         let p = &self.params;
         let moments = Moments {
             beta1: p.beta1 as f32,
@@ -57,14 +59,16 @@ impl Adam {
             beta2: p.beta2 as f32,
             one_minus_beta2: (1.0 - p.beta2) as f32,
         };
-        for (var, state, factor) in &self.vars {
+        for (var, state, factor, step) in &mut self.vars {
+            // Steps since the variable joined, with or without a gradient (as candle-nn counts).
+            *step += 1;
             let Some(grad) = grads.get(var) else { continue };
-            let lr = p.lr * factor;
+            let lr = p.lr * *factor;
             let update = Update {
                 decay: (1.0 - lr * p.weight_decay) as f32,
                 lr: lr as f32,
-                scale_m: (1.0 / (1.0 - p.beta1.powi(self.step))) as f32,
-                scale_v: (1.0 / (1.0 - p.beta2.powi(self.step))) as f32,
+                scale_m: (1.0 / (1.0 - p.beta1.powi(*step))) as f32,
+                scale_v: (1.0 / (1.0 - p.beta2.powi(*step))) as f32,
                 eps: p.eps as f32,
             };
             state.inplace_op2(&grad.contiguous()?, &moments)?;

@@ -64,6 +64,22 @@ impl Optimizer {
         Ok(Optimizer { kind, names })
     }
 
+    /// Adds variables to train from the next step on, with fresh optimizer state (gradual
+    /// unfreezing).
+    pub fn add(&mut self, params: Vec<Param>) -> Result<()> {
+        for param in params {
+            match &mut self.kind {
+                Kind::Adam(adam) => adam.push(param.var, param.factor)?,
+                Kind::Sgd(sgd) => {
+                    let velocity = param.var.zeros_like()?;
+                    sgd.vars.push((param.var, velocity, param.factor));
+                }
+            }
+            self.names.push(param.name);
+        }
+        Ok(())
+    }
+
     /// Sets the base learning rate (a schedule's, step by step).
     pub fn set_lr(&mut self, lr: f64) {
         match &mut self.kind {
@@ -170,6 +186,7 @@ mod tests {
             layer_lr_decay: None,
             head_lr: None,
             early_stopping: None,
+            unfreeze_every: None,
         };
         for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
             let vars: Vec<Var> = (0..2)

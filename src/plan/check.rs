@@ -159,7 +159,22 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
             StrategyEntry::Named(_) => {}
         }
     }
-    Ok(())
+    let gradual = (spec.strategies.iter())
+        .position(|e| *e == StrategyEntry::Named(Strategy::GradualUnfreeze));
+    match (gradual, spec.train.unfreeze_every) {
+        (Some(i), None) => Err(at(
+            &format!("strategies.{i}"),
+            "gradual_unfreeze needs train.unfreeze_every".into(),
+        )
+        .with_help(
+            "the steps between unfreezing one more block, e.g. train: {unfreeze_every: 50}",
+        )),
+        (_, Some(0)) => Err(at(
+            "train.unfreeze_every",
+            "unfreeze_every must be at least 1".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Every data selection of the spec, with its key path.

@@ -14,8 +14,8 @@ use crate::data::Catalog;
 use crate::error::InputError;
 use crate::model::block_count;
 use crate::spec::{
-    Adapter, DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, StrategyEntry, TargetSpec,
-    TrainSpec, suggest,
+    Adapter, DatasetSpec, LoadedSpec, ModelSpec, SourceSpec, Spec, Strategy, StrategyEntry,
+    TargetSpec, TrainSpec, suggest,
 };
 use crate::table::{self, Layout};
 
@@ -257,6 +257,9 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
             let label = StrategyLabel::of(entry);
             let mut config = trial_config(&point, t, f);
             config.adapter = adapter;
+            if *entry != StrategyEntry::Named(Strategy::GradualUnfreeze) {
+                config.train.unfreeze_every = None;
+            }
             let id = config.id();
             if let Some(&existing) = by_id.get(&id) {
                 trials[existing].strategies.insert(label);

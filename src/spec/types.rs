@@ -399,6 +399,10 @@ pub struct TrainSpec {
     /// keep the best step's weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStoppingSpec>,
+    /// For `gradual_unfreeze` (other strategies' trials leave it out): steps between
+    /// unfreezing one more block from the top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfreeze_every: Option<usize>,
 }
 
 /// Early stopping (`train.early_stopping`): validate every `every` steps on a seeded split of
@@ -518,6 +522,9 @@ pub enum Strategy {
     PrefixFinetune,
     /// t = L, f = 0 with `adapter: bitfit`: every transferred block trains its biases only.
     Bitfit,
+    /// t = L, f = freeze_depth, reached gradually (ULMFiT): every block starts frozen and one
+    /// more unfreezes from the top every `train.unfreeze_every` steps, down to f.
+    GradualUnfreeze,
 }
 
 /// A parameter-efficient way to train the blocks above the freeze depth: only some of their
@@ -542,7 +549,10 @@ impl Strategy {
     pub fn uses_freeze_depth(self) -> bool {
         matches!(
             self,
-            Strategy::PartialFreeze | Strategy::PrefixFrozen | Strategy::PrefixFinetune
+            Strategy::PartialFreeze
+                | Strategy::PrefixFrozen
+                | Strategy::PrefixFinetune
+                | Strategy::GradualUnfreeze
         )
     }
 
@@ -556,6 +566,7 @@ impl Strategy {
             Strategy::PrefixFrozen => (freeze_depth, freeze_depth),
             Strategy::PrefixFinetune => (freeze_depth, 0),
             Strategy::Bitfit => (blocks, 0),
+            Strategy::GradualUnfreeze => (blocks, freeze_depth),
         }
     }
 
@@ -687,7 +698,7 @@ mod tests {
 
     #[test]
     fn strategy_names_are_serdes_spelling() {
-        assert_eq!(Strategy::names().len(), 6);
+        assert_eq!(Strategy::names().len(), 8);
         for name in Strategy::names() {
             let strategy: Strategy = serde_json::from_value(serde_json::json!(name)).unwrap();
             assert_eq!(strategy.name(), *name);
