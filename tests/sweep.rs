@@ -148,8 +148,8 @@ fn a_killed_sweep_resumes_and_loses_nothing() {
         .find(|r| r["strategy"] == "transfer")
         .unwrap();
     assert_eq!(transfer["gain"]["n"], 2, "paired over both seeds");
-    assert_eq!(transfer["accuracy"]["n"], 2);
-    assert!(transfer["accuracy"]["ci95"].as_f64().unwrap() > 0.0);
+    assert_eq!(transfer["value"]["n"], 2);
+    assert!(transfer["value"]["ci95"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

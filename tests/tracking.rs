@@ -84,6 +84,13 @@ fn assert_uploaded(api: &Api, experiment: &str, records: &BTreeMap<String, Value
             run.metric("eval_accuracy"),
             record["eval"]["accuracy"].as_f64()
         );
+        for (metric, key) in [("eval_macro_f1", "macro_f1"), ("eval_ece", "ece")] {
+            assert_eq!(run.metric(metric), record["eval"][key].as_f64(), "{metric}");
+        }
+        assert_eq!(
+            run.metric("trainable_parameters"),
+            record["trainable_parameters"].as_f64()
+        );
         assert_eq!(run.tag("xferlab.device").as_deref(), Some("cpu"));
         assert_eq!(
             run.tag("xferlab.version").as_deref(),

@@ -132,6 +132,9 @@ pub(super) fn metrics(record: &TrialRecord) -> Vec<Metric> {
             metrics.push(at_end("eval_ece", more.ece));
         }
     }
+    if let Some(trained) = record.trainable_parameters {
+        metrics.push(at_end("trainable_parameters", trained as f64));
+    }
     metrics.push(at_end("setup_seconds", t.setup_seconds));
     metrics.push(at_end("train_seconds", t.train_seconds));
     metrics.push(at_end("eval_seconds", t.eval_seconds));
