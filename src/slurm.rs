@@ -73,6 +73,10 @@ impl Submission<'_> {
     /// Writes the script into the store and, unless `dry_run`, submits it with `sbatch`.
     /// None when every trial already has a finished record.
     pub fn submit(&self, dry_run: bool) -> Result<Option<Job>> {
+        // Without sbatch, refuse before writing anything.
+        if !dry_run {
+            run_sbatch(&["--version".as_ref()])?;
+        }
         let (store, _) = crate::runner::open_store(self.experiment, &absolute(&self.store))?;
         let trials = self.trials(&store)?;
         if trials.is_empty() {
@@ -225,11 +229,10 @@ fn next_script(dir: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!("submit-{}.sbatch", taken + 1)))
 }
 
-/// Submits `script`; Slurm's job id, or Slurm's own words when it refuses.
-fn sbatch(script: &Path) -> Result<String> {
-    let output = Command::new("sbatch")
-        .arg("--parsable")
-        .arg(script)
+/// Runs `sbatch` with `args`; one that is not installed is a clear error.
+fn run_sbatch(args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
+    Command::new("sbatch")
+        .args(args)
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => InputError::new(
@@ -241,7 +244,12 @@ fn sbatch(script: &Path) -> Result<String> {
             )
             .into(),
             _ => Error::io("cannot run sbatch")(e),
-        })?;
+        })
+}
+
+/// Submits `script`; Slurm's job id, or Slurm's own words when it refuses.
+fn sbatch(script: &Path) -> Result<String> {
+    let output = run_sbatch(&["--parsable".as_ref(), script.as_os_str()])?;
     if !output.status.success() {
         let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
         return Err(InputError::new(format!("sbatch refused the job: {said}"))

@@ -478,9 +478,15 @@ fn bad_submissions_are_refused_clearly() {
     refused(&["--partition", "nosuch"], 2, "invalid partition");
     refused(&["--parallel", "0"], 2, "--parallel");
     refused(&["--trials-per-task", "0"], 2, "--trials-per-task");
-    // No sbatch on PATH: say what is missing and how to get it.
+    // No sbatch on PATH: say what is missing and how to get it, and write nothing.
     let ran = test
-        .command(&[&["submit", &quickstart(), "--slurm"], &seed[..]].concat())
+        .command(
+            &[
+                &["submit", &quickstart(), "--slurm", "--store", "nowhere"],
+                &seed[..],
+            ]
+            .concat(),
+        )
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();
@@ -492,6 +498,10 @@ fn bad_submissions_are_refused_clearly() {
         ran.stderr
     );
     assert!(ran.stderr.contains("slurm-client"), "{}", ran.stderr);
+    assert!(
+        !test.join("nowhere").exists(),
+        "nothing written without sbatch"
+    );
     // Neither a launcher block nor --slurm.
     let ran = test.run(&[&["submit", &quickstart()], &seed[..]].concat());
     assert_eq!(ran.code, 2);
