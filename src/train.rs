@@ -170,7 +170,9 @@ pub fn params(
 
 /// Trains `net` on `data` with blocks 1..`freeze_depth` frozen: their variables are not given
 /// to the optimizer and their output is detached, so no gradient graph is built through them.
-/// With `features` (their output, cached) the frozen blocks do not run at all.
+/// With `features` (their output, cached) the frozen blocks do not run at all. Above the
+/// freeze depth `adapter` chooses what trains (all when None); `train` adds early stopping,
+/// gradual unfreezing and the rates.
 pub fn fit(
     net: &Network,
     data: &Batchable,
