@@ -152,18 +152,18 @@ pub fn params(
     let blocks = net.block_count();
     net.trainable(freeze_depth)
         .into_iter()
-        .filter(|(name, _)| {
-            let block = crate::model::block_of(name);
-            match adapter {
+        .filter_map(|(name, var)| {
+            let block = crate::model::block_of(&name);
+            let trains = match adapter {
                 None => true,
                 // BitFit: biases (BatchNorm's and LayerNorm's shifts are named `bias` too).
                 Some(Adapter::Bitfit) => block.is_none() || name.ends_with(".bias"),
-            }
-        })
-        .map(|(name, var)| Param {
-            factor: train.rate_factor(crate::model::block_of(&name), blocks),
-            name,
-            var,
+            };
+            trains.then(|| Param {
+                factor: train.rate_factor(block, blocks),
+                name,
+                var,
+            })
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 //! the sweep is decided here, in `run`.
 
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use candle_core::Device;
 
@@ -53,9 +53,7 @@ pub fn run(trial: &Trial, context: &Context) -> Result<TrialRecord> {
         curve: Vec::new(),
         steps: 0,
         timings: Timings {
-            started_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            started_at: crate::store::now(),
             setup_seconds: 0.0,
             train_seconds: 0.0,
             eval_seconds: 0.0,

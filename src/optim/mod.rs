@@ -70,10 +70,7 @@ impl Optimizer {
         for param in params {
             match &mut self.kind {
                 Kind::Adam(adam) => adam.push(param.var, param.factor)?,
-                Kind::Sgd(sgd) => {
-                    let velocity = param.var.zeros_like()?;
-                    sgd.vars.push((param.var, velocity, param.factor));
-                }
+                Kind::Sgd(sgd) => sgd.push(param.var, param.factor)?,
             }
             self.names.push(param.name);
         }
@@ -92,7 +89,7 @@ impl Optimizer {
     pub fn rates(&self) -> Vec<(&str, f64)> {
         let rates = match &self.kind {
             Kind::Adam(adam) => adam.rates(),
-            Kind::Sgd(sgd) => sgd.vars.iter().map(|v| sgd.lr * v.2).collect(),
+            Kind::Sgd(sgd) => sgd.rates(),
         };
         self.names.iter().map(String::as_str).zip(rates).collect()
     }
@@ -119,19 +116,28 @@ pub struct Sgd {
 impl Sgd {
     /// SGD over `vars` (each with its multiple of `lr`), velocities starting at zero.
     pub fn new(vars: Vec<(Var, f64)>, lr: f64, momentum: f64, weight_decay: f64) -> Result<Self> {
-        let vars = vars
-            .into_iter()
-            .map(|(v, factor)| {
-                let velocity = v.zeros_like()?;
-                Ok((v, velocity, factor))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Sgd {
-            vars,
+        let mut sgd = Sgd {
+            vars: Vec::new(),
             lr,
             momentum,
             weight_decay,
-        })
+        };
+        for (var, factor) in vars {
+            sgd.push(var, factor)?;
+        }
+        Ok(sgd)
+    }
+
+    /// One more variable, its velocity at zero.
+    fn push(&mut self, var: Var, factor: f64) -> Result<()> {
+        let velocity = var.zeros_like()?;
+        self.vars.push((var, velocity, factor));
+        Ok(())
+    }
+
+    /// Each variable's learning rate now, in the order given.
+    fn rates(&self) -> Vec<f64> {
+        self.vars.iter().map(|v| self.lr * v.2).collect()
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
