@@ -158,6 +158,7 @@ pub fn params(
                 None => true,
                 // BitFit: biases (BatchNorm's and LayerNorm's shifts are named `bias` too).
                 Some(Adapter::Bitfit) => block.is_none() || name.ends_with(".bias"),
+                Some(Adapter::Lora) => block.is_none() || crate::model::lora::is_lora(&name),
             };
             trains.then(|| Param {
                 factor: train.rate_factor(block, blocks),
@@ -507,6 +508,7 @@ mod freezing_tests {
             head_lr: None,
             early_stopping: None,
             unfreeze_every: None,
+            lora: None,
         };
         (net, data, train)
     }
@@ -688,6 +690,92 @@ mod freezing_tests {
             let moved = *values != flat_of(&after[name]);
             assert_eq!(moved, names.contains(&name.as_str()), "{name}");
         }
+    }
+
+    /// LoRA: above the freeze depth only the low-rank matrices train, the layers' own
+    /// weights and biases keep their values bit for bit; the head trains whole; the
+    /// trainable count is r (in + out) per adapted layer plus the head.
+    #[test]
+    fn lora_trains_its_matrices_and_leaves_the_weights_bit_identical() {
+        let (_, data, train) = setup(&mlp(), 4, 30);
+        let lora = crate::spec::LoraSpec {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.1,
+        };
+        let shape = ImageShape {
+            channels: 1,
+            height: 4,
+            width: 4,
+        };
+        let net = Network::with_lora(&mlp(), shape, 3, 5, &Device::Cpu, (lora, 1)).unwrap();
+        let before: Vec<(String, Vec<f32>)> = (net.tensors().into_keys())
+            .map(|n| {
+                let values = flat(&net, &n);
+                (n, values)
+            })
+            .collect();
+        let trained = params(&net, &train, 1, Some(Adapter::Lora));
+        let names: Vec<&str> = trained.iter().map(|p| p.name.as_str()).collect();
+        let expected = [
+            "b2.linear.lora_a",
+            "b2.linear.lora_b",
+            "head.bias",
+            "head.weight",
+        ];
+        assert_eq!(names, expected);
+        let count: usize = trained.iter().map(|p| p.var.elem_count()).sum();
+        assert_eq!(count, 2 * (16 + 8) + 3 + 8 * 3);
+        fit(&net, &data, None, &train, (1, Some(Adapter::Lora)), 0).unwrap();
+        for (name, values) in &before {
+            let moved = *values != flat(&net, name);
+            assert_eq!(moved, names.contains(&name.as_str()), "{name}");
+        }
+    }
+
+    /// With full rank, LoRA can express any update of the weight, so it fits the training
+    /// data about as well as a plain fine-tune (which also trains the biases); rank 1 cannot.
+    #[test]
+    fn full_rank_lora_fits_like_a_plain_finetune() {
+        // b1 maps 16 inputs to 6, so rank 6 is full; random labels make it a memorising task
+        // that needs the capacity.
+        let model = ModelSpec {
+            hidden: Some(vec![6]),
+            ..ModelSpec::plain(Arch::Mlp)
+        };
+        let (plain, data, mut train) = setup(&model, 4, 48);
+        train.steps = Some(600);
+        train.lr = 0.02;
+        let shape = ImageShape {
+            channels: 1,
+            height: 4,
+            width: 4,
+        };
+        let final_loss = |net: &Network, adapter| {
+            fit(net, &data, None, &train, (0, adapter), 0).unwrap();
+            evaluate(net, &data, None, 1).unwrap().loss
+        };
+        let lora = |rank| {
+            let spec = crate::spec::LoraSpec {
+                rank,
+                alpha: rank as f64,
+                dropout: 0.0,
+            };
+            let net = Network::with_lora(&model, shape, 3, 5, &Device::Cpu, (spec, 0)).unwrap();
+            final_loss(&net, Some(Adapter::Lora))
+        };
+        let untrained = evaluate(&plain, &data, None, 1).unwrap().loss;
+        let finetune = final_loss(&plain, None);
+        let (full, one) = (lora(6), lora(1));
+        println!(
+            "training loss: untrained {untrained:.4}, fine-tune {finetune:.4}, LoRA rank 6 {full:.4}, rank 1 {one:.4}"
+        );
+        assert!(finetune < 0.5 * untrained);
+        assert!(
+            (full - finetune).abs() < 0.15 * untrained,
+            "{full} vs {finetune}"
+        );
+        assert!(one > full, "{one} vs {full}");
     }
 
     /// Gradual unfreezing: the head alone for the first `unfreeze_every` steps, then one more

@@ -14,7 +14,7 @@ use crate::features::{self, FeatureCache, Features};
 use crate::model::Network;
 use crate::plan::{Trial, TrialConfig, derive_seed};
 use crate::source::Sources;
-use crate::spec::DataSelection;
+use crate::spec::{Adapter, DataSelection};
 use crate::store::{RunStore, Status, Timings, TrialRecord};
 use crate::train::{self, Fit};
 
@@ -104,13 +104,15 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
             device,
         )?,
     };
-    let net = Network::new(
-        &config.model,
-        catalog.input(&config.target.train.dataset)?,
-        data.train.classes,
-        derive_seed(config.seed, "init"),
-        device,
-    )?;
+    let input = catalog.input(&config.target.train.dataset)?;
+    let (classes, seed) = (data.train.classes, derive_seed(config.seed, "init"));
+    let net = match (config.adapter, config.train.lora) {
+        (Some(Adapter::Lora), Some(lora)) => {
+            let lora = (lora, config.freeze_depth);
+            Network::with_lora(&config.model, input, classes, seed, device, lora)?
+        }
+        _ => Network::new(&config.model, input, classes, seed, device)?,
+    };
     let (train_features, eval_features) = transfer(config, context, &net, &data, record)?;
     record.timings.setup_seconds = started.elapsed().as_secs_f64();
 

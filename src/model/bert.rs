@@ -8,15 +8,14 @@
 //! becoming `b1.` and `encoder.layer.N.` becoming `b{N+2}.`. Every op has a gradient (the
 //! fused LayerNorm and softmax of candle-nn have none), since any block may be fine-tuned.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use candle_core::{D, Tensor};
-use candle_nn::{Linear, Module};
-use rayon::prelude::*;
+use candle_nn::Linear;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Mode;
+use super::dropout::{Dropout, mix};
+use super::lora;
 use super::parameters::Parameters;
 use crate::spec::Pooling;
 
@@ -126,72 +125,23 @@ impl LayerNorm {
     }
 }
 
-/// Seeded dropout: candle's CPU generator cannot be seeded, so the keep-mask comes from a
-/// counter-based hash of (seed, call, element), made on the host and uploaded. The n-th call
-/// of a dropout built with the same seed drops the same elements, whatever the device or
-/// thread count.
-struct Dropout {
-    p: f32,
-    seed: u64,
-    calls: AtomicU64,
-}
-
-impl Dropout {
-    fn new(p: f64, seed: u64) -> Self {
-        Dropout {
-            p: p as f32,
-            seed,
-            calls: AtomicU64::new(0),
-        }
-    }
-
-    /// Drops elements with probability p and scales the rest by 1/(1-p), in training only.
-    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
-        if mode == Mode::Infer || self.p == 0.0 {
-            return Ok(x.clone());
-        }
-        let stream = mix(self.seed, self.calls.fetch_add(1, Ordering::Relaxed));
-        let (p, scale) = (self.p, 1.0 / (1.0 - self.p));
-        let mask: Vec<f32> = (0..x.elem_count() as u64)
-            .into_par_iter()
-            // The top 24 bits as a uniform number in [0, 1), exact in f32.
-            .map(|i| {
-                let u = (mix(stream, i) >> 40) as f32 / (1u64 << 24) as f32;
-                if u < p { 0.0 } else { scale }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
-    }
-}
-
-/// splitmix64's finaliser: a bijective, well-mixed hash of one word.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A hash of two words (a seed and an index), distinct for swapped arguments.
-fn mix(a: u64, b: u64) -> u64 {
-    splitmix64(a ^ splitmix64(b))
-}
-
 /// A linear layer in BERT's initialisation: weight normal(0, 0.02), bias 0.
 fn linear(
     p: &mut Parameters,
     name: &str,
     input: usize,
     output: usize,
-) -> candle_core::Result<Linear> {
+) -> candle_core::Result<lora::Linear> {
     let weight = p.normal(
         format!("{name}.weight"),
         &[output, input],
         INITIALIZER_RANGE,
     )?;
     let bias = p.full(format!("{name}.bias"), &[output], 0.0)?;
-    Ok(Linear::new(weight, Some(bias)))
+    Ok(lora::Linear {
+        linear: Linear::new(weight, Some(bias)),
+        lora: p.lora(name, (input, output), None)?,
+    })
 }
 
 /// Block b1: word, position and token type embeddings, summed, LayerNorm, dropout.
@@ -226,16 +176,16 @@ impl Embeddings {
 /// residual connection and LayerNorm after it); the last one also pools.
 pub struct Layer {
     heads: usize,
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    query: lora::Linear,
+    key: lora::Linear,
+    value: lora::Linear,
     attention_dropout: Dropout,
-    attention_output: Linear,
+    attention_output: lora::Linear,
     attention_output_dropout: Dropout,
     attention_norm: LayerNorm,
-    intermediate: Linear,
+    intermediate: lora::Linear,
     activation: Activation,
-    output: Linear,
+    output: lora::Linear,
     output_dropout: Dropout,
     output_norm: LayerNorm,
     pooling: Option<Pooling>,
@@ -253,9 +203,9 @@ impl Layer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let query = split(self.query.forward(x)?)?;
-        let key = split(self.key.forward(x)?)?;
-        let value = split(self.value.forward(x)?)?;
+        let query = split(self.query.forward(x, mode)?)?;
+        let key = split(self.key.forward(x, mode)?)?;
+        let value = split(self.value.forward(x, mode)?)?;
         let scores = (query.matmul(&key.t()?)? / (head as f64).sqrt())?;
         let mask = mask.to_dtype(x.dtype())?;
         // Padding keys get the lowest float, so that softmax gives them weight 0 (Hugging
@@ -267,13 +217,15 @@ impl Layer {
             .matmul(&value)?
             .transpose(1, 2)?
             .reshape((batch, length, hidden))?;
-        let attended = self.attention_output.forward(&context)?;
+        let attended = self.attention_output.forward(&context, mode)?;
         let attended = self.attention_output_dropout.forward(&attended, mode)?;
         let x = self.attention_norm.forward(&(attended + x)?)?;
-        let inner = self.activation.forward(&self.intermediate.forward(&x)?)?;
+        let inner = self
+            .activation
+            .forward(&self.intermediate.forward(&x, mode)?)?;
         let out = self
             .output_dropout
-            .forward(&self.output.forward(&inner)?, mode)?;
+            .forward(&self.output.forward(&inner, mode)?, mode)?;
         let x = self.output_norm.forward(&(out + x)?)?;
         match self.pooling {
             None => Ok(x),
@@ -468,7 +420,7 @@ pub fn checkpoint_name(xferlab: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::path::PathBuf;
 
@@ -673,7 +625,7 @@ mod tests {
         assert!(difference < 1e-5);
     }
 
-    fn tiny() -> BertConfig {
+    pub(crate) fn tiny() -> BertConfig {
         BertConfig {
             vocab_size: 50,
             hidden_size: 16,

@@ -8,8 +8,10 @@ pub mod batch_norm;
 pub mod bert;
 pub mod conv;
 pub mod depthwise;
+mod dropout;
 pub mod efficientnet;
 pub mod import;
+pub mod lora;
 mod parameters;
 pub mod resnet;
 pub mod summary;
@@ -21,7 +23,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, Module, VarMap};
 
 use crate::data::{ImageShape, Input};
-use crate::spec::{Arch, ModelSpec};
+use crate::spec::{Arch, LoraSpec, ModelSpec};
 use batch_norm::is_running_statistic;
 use conv::Conv2d;
 use parameters::Parameters;
@@ -53,17 +55,17 @@ pub fn block_of(parameter: &str) -> Option<usize> {
 
 enum Layer {
     Conv(Conv2d),
-    Linear(Linear),
+    Linear(lora::Linear),
     Relu,
     MaxPool2,
     Flatten,
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         match self {
             Layer::Conv(conv) => conv.forward(x),
-            Layer::Linear(linear) => linear.forward(x),
+            Layer::Linear(linear) => linear.forward(x, mode),
             Layer::Relu => x.relu(),
             Layer::MaxPool2 => x.max_pool2d(2),
             Layer::Flatten => x.flatten_from(1),
@@ -88,10 +90,10 @@ impl Block {
     ) -> candle_core::Result<Tensor> {
         match self {
             Block::Layers(layers) => {
-                // mlp's and cnn6's layers behave alike in both modes.
+                // mlp's and cnn6's layers differ between modes only in LoRA's dropout.
                 let mut x = x.clone();
                 for layer in layers {
-                    x = layer.forward(&x)?;
+                    x = layer.forward(&x, mode)?;
                 }
                 Ok(x)
             }
@@ -180,7 +182,37 @@ impl Network {
         seed: u64,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let input = match (input.into(), model.arch) {
+        Network::build(
+            model,
+            input.into(),
+            classes,
+            Parameters::new(seed, device),
+            seed,
+        )
+    }
+
+    /// `new`, with a LoRA update as `lora` says on every linear layer and 1x1 convolution of
+    /// the blocks above `above` (the freeze depth).
+    pub fn with_lora(
+        model: &ModelSpec,
+        input: impl Into<Input>,
+        classes: usize,
+        seed: u64,
+        device: &Device,
+        (lora, above): (LoraSpec, usize),
+    ) -> candle_core::Result<Self> {
+        let p = Parameters::new(seed, device).with_lora(lora, above, seed);
+        Network::build(model, input.into(), classes, p, seed)
+    }
+
+    fn build(
+        model: &ModelSpec,
+        input: Input,
+        classes: usize,
+        mut p: Parameters,
+        seed: u64,
+    ) -> candle_core::Result<Self> {
+        let input = match (input, model.arch) {
             (Input::Image(shape), _) => shape,
             // Texts have no image shape; only the text encoder reads them.
             (Input::Tokens, Arch::Bert) => ImageShape {
@@ -192,7 +224,6 @@ impl Network {
                 candle_core::bail!("{} does not read texts", import::arch_name(arch))
             }
         };
-        let mut p = Parameters::new(seed, device);
         let mut blocks = Vec::new();
         let mut pool = false;
         let features = match model.arch {
@@ -200,7 +231,7 @@ impl Network {
                 let mut width = input.values();
                 for (i, &hidden) in model.hidden.iter().flatten().enumerate() {
                     let name = block_name(i + 1);
-                    let linear = p.linear(&format!("{name}.linear"), width, hidden)?;
+                    let linear = p.block_linear(&format!("{name}.linear"), width, hidden)?;
                     let mut layers = vec![Layer::Linear(linear), Layer::Relu];
                     if i == 0 {
                         layers.insert(0, Layer::Flatten);
@@ -223,7 +254,7 @@ impl Network {
                 let flat = 64 * (input.height / 4) * (input.width / 4);
                 blocks.push(Block::Layers(vec![
                     Layer::Flatten,
-                    Layer::Linear(p.linear("b5.linear", flat, 256)?),
+                    Layer::Linear(p.block_linear("b5.linear", flat, 256)?),
                     Layer::Relu,
                 ]));
                 debug_assert_eq!(blocks.len(), CNN6_BLOCKS);
@@ -335,13 +366,16 @@ impl Network {
     }
 
     /// Copies blocks 1..=`depth` from `source` (tensors by name, BatchNorm's running
-    /// statistics included); names the first tensor that is missing or does not fit.
+    /// statistics included, LoRA's matrices not: the source has none); names the first
+    /// tensor that is missing or does not fit.
     pub fn transfer_from(
         &self,
         source: &HashMap<String, Tensor>,
         depth: usize,
     ) -> Result<(), Mismatch> {
-        self.copy_from(source, |name| block_of(name).is_some_and(|b| b <= depth))
+        self.copy_from(source, |name| {
+            block_of(name).is_some_and(|b| b <= depth) && !lora::is_lora(name)
+        })
     }
 
     /// Copies every parameter, the head's too, from `source`.

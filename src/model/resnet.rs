@@ -16,6 +16,7 @@ use super::Mode;
 use super::batch_norm::BatchNorm;
 use super::conv::Conv2d;
 use super::depthwise::max_pool_3x3_stride_2;
+use super::lora::Lora;
 use super::parameters::Parameters;
 use crate::spec::Arch;
 
@@ -105,6 +106,8 @@ pub fn xferlab_name(checkpoint: &str) -> Option<String> {
 /// A bias-free convolution and its BatchNorm.
 pub struct ConvBn {
     conv: Conv2d,
+    /// A 1x1 convolution's LoRA update, when the network gives its block one.
+    lora: Option<Lora>,
     bn: BatchNorm,
 }
 
@@ -123,14 +126,24 @@ impl ConvBn {
             &[output, input, kernel, kernel],
             fan_in,
         )?;
+        let lora = match kernel {
+            1 => p.lora(conv, (input, output), Some(stride))?,
+            _ => None,
+        };
         Ok(ConvBn {
             conv: Conv2d::new(weight, None, stride, kernel / 2)?,
+            lora,
             bn: BatchNorm::new(p, bn, output, BATCH_NORM_EPSILON)?,
         })
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, mode)
+        let y = self.conv.forward(x)?;
+        let y = match &self.lora {
+            Some(lora) => (y + lora.forward(x, mode)?)?,
+            None => y,
+        };
+        self.bn.forward(&y, mode)
     }
 }
 

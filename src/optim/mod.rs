@@ -193,6 +193,7 @@ mod tests {
             head_lr: None,
             early_stopping: None,
             unfreeze_every: None,
+            lora: None,
         };
         for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
             let vars: Vec<Var> = (0..2)

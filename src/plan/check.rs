@@ -532,6 +532,26 @@ fn check_train(path: &str, train: &TrainSpec, at: Locate) -> Result<(), InputErr
                 .with_help("the validations without improvement to wait before stopping, e.g. 3"));
         }
     }
+    if let Some(lora) = &train.lora {
+        let key = |k: &str| format!("{path}.lora.{k}");
+        if lora.rank == 0 {
+            return Err(at(&key("rank"), "rank must be at least 1".into())
+                .with_help("the rank of each layer's update B A, e.g. 4, 8 or 16"));
+        }
+        if !(lora.alpha.is_finite() && lora.alpha > 0.0) {
+            return Err(at(
+                &key("alpha"),
+                format!("alpha {}: use a finite number > 0", lora.alpha),
+            )
+            .with_help("the update is scaled by alpha / rank; e.g. alpha equal to rank"));
+        }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return Err(at(
+                &key("dropout"),
+                format!("dropout {}: use a number in [0, 1)", lora.dropout),
+            ));
+        }
+    }
     if train.log_every == 0 {
         return Err(at(
             &format!("{path}.log_every"),

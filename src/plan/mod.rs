@@ -109,22 +109,17 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// The value at a dotted key path of a YAML tree, for writing: a key missing from the last
-/// mapping (an optional key the spec leaves out, e.g. `train.head_lr`) is added as null.
+/// The value at a dotted key path of a YAML tree, for writing: keys missing on the way (an
+/// optional key the spec leaves out, e.g. `train.head_lr`, or `train.lora.rank` with no
+/// `train.lora`) are added, mappings on the way and null at the end.
 fn set<'a>(value: &'a mut serde_yaml::Value, path: &str) -> Option<&'a mut serde_yaml::Value> {
-    let (parent, last) = match path.rsplit_once('.') {
-        Some((parent, last)) => (
-            parent.split('.').try_fold(value, |v, key| v.get_mut(key))?,
-            last,
-        ),
-        None => (value, path),
-    };
-    let mapping = parent.as_mapping_mut()?;
-    Some(
-        mapping
-            .entry(last.into())
-            .or_insert(serde_yaml::Value::Null),
-    )
+    path.split('.').try_fold(value, |v, key| {
+        if v.is_null() {
+            *v = serde_yaml::Value::Mapping(Default::default());
+        }
+        let mapping = v.as_mapping_mut()?;
+        Some(mapping.entry(key.into()).or_insert(serde_yaml::Value::Null))
+    })
 }
 
 /// The axis names in the order they vary (last fastest): `seed` last, the rest sorted.
@@ -156,10 +151,13 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
         if axis == "sweep" || axis.starts_with("sweep.") || axis == "name" {
             return Err(loaded.error(&at, format!("`{axis}` cannot be swept")));
         }
-        // A key the spec types do not have is refused by them (unknown field).
+        // A key the spec types do not have is refused by them (unknown field); other errors
+        // (null for a required key of a section the spec leaves out) are the values' to
+        // settle, each below.
         let mut probe = base.clone();
-        let known =
-            set(&mut probe, axis).is_some() && serde_yaml::from_value::<Spec>(probe).is_ok();
+        let known = set(&mut probe, axis).is_some()
+            && serde_yaml::from_value::<Spec>(probe)
+                .map_or_else(|e| !e.to_string().contains("unknown field"), |_| true);
         if !known {
             let error = InputError::new(format!("sweep axis `{axis}` is not a key of the spec"))
                 .with_origin(loaded.origin(&at, true));
@@ -260,6 +258,11 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
             if *entry != StrategyEntry::Named(Strategy::GradualUnfreeze) {
                 config.train.unfreeze_every = None;
             }
+            // LoRA's settings, defaults written out, belong to LoRA's trials only.
+            config.train.lora = match adapter {
+                Some(Adapter::Lora) => Some(config.train.lora.unwrap_or_default()),
+                _ => None,
+            };
             let id = config.id();
             if let Some(&existing) = by_id.get(&id) {
                 trials[existing].strategies.insert(label);
@@ -412,6 +415,44 @@ sweep: {freeze_depth: [0, 1, 2, 3]}
         assert_eq!(Strategy::Finetune.depths(5, 2), (5, 0));
         assert_eq!(Strategy::PrefixFrozen.depths(5, 2), (2, 2));
         assert_eq!(Strategy::PrefixFinetune.depths(5, 2), (2, 0));
+        assert_eq!(Strategy::Lora.depths(5, 2), (5, 0));
+        assert_eq!(Strategy::Lora.adapter(), Some(Adapter::Lora));
+    }
+
+    /// LoRA's settings are in LoRA's trials' configs (defaults written out, sweepable) and in
+    /// no other trial's, so adding `train.lora` to a spec changes no other trial's id.
+    #[test]
+    fn lora_settings_belong_to_lora_trials() {
+        let spec = SPEC.replace(
+            "strategies: [scratch, transfer,",
+            "strategies: [lora, {transfer_depth: 3, freeze_depth: 2, adapter: lora}, scratch, transfer,",
+        );
+        let plan = plan_of(&spec, &[]);
+        let lora: Vec<&Trial> = (plan.trials.iter())
+            .filter(|t| t.config.adapter == Some(Adapter::Lora))
+            .collect();
+        assert_eq!(lora.len(), 2);
+        assert!(
+            lora.iter()
+                .all(|t| t.config.train.lora == Some(crate::spec::LoraSpec::default()))
+        );
+        let others = |plan: &Plan| -> Vec<String> {
+            (plan.trials.iter())
+                .filter(|t| t.config.adapter.is_none())
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        assert!(
+            plan.trials
+                .iter()
+                .all(|t| t.config.adapter.is_some() || t.config.train.lora.is_none())
+        );
+        let swept = plan_of(&spec, &["sweep.train.lora.rank=[2, 4]"]);
+        let ranks: Vec<usize> = (swept.trials.iter())
+            .filter_map(|t| t.config.train.lora.map(|l| l.rank))
+            .collect();
+        assert_eq!(ranks, [2, 2, 4, 4], "each rank for both LoRA entries");
+        assert_eq!(others(&swept), others(&plan));
     }
 
     #[test]

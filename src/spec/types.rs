@@ -403,6 +403,47 @@ pub struct TrainSpec {
     /// unfreezing one more block from the top.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfreeze_every: Option<usize>,
+    /// For trials whose adapter is `lora` (other trials leave it out): its rank, alpha and
+    /// dropout; absent, the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
+}
+
+/// LoRA's settings (`train.lora`, Hu et al., 2021): each eligible layer W above the freeze
+/// depth stays frozen and learns W + (alpha / rank) B A instead, A (rank x in) drawn like a
+/// linear layer's weight, B (out x rank) starting at zero; dropout applies to the low-rank
+/// path's input. Defaults are PEFT's: rank 8, alpha 8, dropout 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    /// The rank r of the update B A (at least 1).
+    #[serde(default = "LoraSpec::default_rank")]
+    pub rank: usize,
+    /// The update is scaled by alpha / rank.
+    #[serde(default = "LoraSpec::default_alpha")]
+    pub alpha: f64,
+    /// Dropout on the low-rank path's input while training, in [0, 1).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl LoraSpec {
+    fn default_rank() -> usize {
+        8
+    }
+    fn default_alpha() -> f64 {
+        8.0
+    }
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        LoraSpec {
+            rank: LoraSpec::default_rank(),
+            alpha: LoraSpec::default_alpha(),
+            dropout: 0.0,
+        }
+    }
 }
 
 /// Early stopping (`train.early_stopping`): validate every `every` steps on a seeded split of
@@ -525,6 +566,9 @@ pub enum Strategy {
     /// t = L, f = freeze_depth, reached gradually (ULMFiT): every block starts frozen and one
     /// more unfreezes from the top every `train.unfreeze_every` steps, down to f.
     GradualUnfreeze,
+    /// t = L, f = 0 with `adapter: lora`: every transferred block's linear layers and 1x1
+    /// convolutions learn a low-rank update (`train.lora`), their weights frozen.
+    Lora,
 }
 
 /// A parameter-efficient way to train the blocks above the freeze depth: only some of their
@@ -535,6 +579,10 @@ pub enum Adapter {
     /// BitFit (Ben Zaken et al., 2022): only bias terms train (linear, convolution, and
     /// BatchNorm's and LayerNorm's shifts); the new head trains whole.
     Bitfit,
+    /// LoRA (Hu et al., 2021): linear layers and 1x1 convolutions keep their weights and
+    /// learn a low-rank update (`train.lora`); nothing else in those blocks trains; the new
+    /// head trains whole.
+    Lora,
 }
 
 impl Strategy {
@@ -565,7 +613,7 @@ impl Strategy {
             Strategy::Finetune => (blocks, 0),
             Strategy::PrefixFrozen => (freeze_depth, freeze_depth),
             Strategy::PrefixFinetune => (freeze_depth, 0),
-            Strategy::Bitfit => (blocks, 0),
+            Strategy::Bitfit | Strategy::Lora => (blocks, 0),
             Strategy::GradualUnfreeze => (blocks, freeze_depth),
         }
     }
@@ -574,6 +622,7 @@ impl Strategy {
     pub fn adapter(self) -> Option<Adapter> {
         match self {
             Strategy::Bitfit => Some(Adapter::Bitfit),
+            Strategy::Lora => Some(Adapter::Lora),
             _ => None,
         }
     }
@@ -698,7 +747,7 @@ mod tests {
 
     #[test]
     fn strategy_names_are_serdes_spelling() {
-        assert_eq!(Strategy::names().len(), 8);
+        assert_eq!(Strategy::names().len(), 9);
         for name in Strategy::names() {
             let strategy: Strategy = serde_json::from_value(serde_json::json!(name)).unwrap();
             assert_eq!(strategy.name(), *name);

@@ -14,11 +14,14 @@ use crate::model::Mode;
 use crate::model::batch_norm::BatchNorm;
 use crate::model::conv::Conv2d;
 use crate::model::depthwise::depthwise_conv2d;
+use crate::model::lora::Lora;
 use crate::model::parameters::Parameters;
 
 /// A bias-free convolution with TensorFlow's "SAME" padding, then BatchNorm.
 pub struct ConvBn {
     weight: Tensor,
+    /// A 1x1 convolution's LoRA update, when the network gives its block one.
+    lora: Option<Lora>,
     bn: BatchNorm,
     kernel: usize,
     stride: usize,
@@ -53,8 +56,13 @@ impl ConvBn {
             &[output, per_group, kernel, kernel],
             per_group * kernel * kernel,
         )?;
+        let lora = match (kernel, spec.depthwise) {
+            (1, false) => p.lora(spec.conv, (spec.input, output), Some(spec.stride))?,
+            _ => None,
+        };
         Ok(ConvBn {
             weight,
+            lora,
             bn: BatchNorm::new(p, spec.bn, output, BATCH_NORM_EPSILON)?,
             kernel,
             stride: spec.stride,
@@ -75,6 +83,11 @@ impl ConvBn {
                 .pad_with_zeros(2, top, bottom)?
                 .pad_with_zeros(3, left, right)?;
             Conv2d::new(self.weight.clone(), None, self.stride, 0)?.forward(&padded)?
+        };
+        // A 1x1 convolution's "SAME" padding is none, so the update sees the same input.
+        let y = match &self.lora {
+            Some(lora) => (y + lora.forward(x, mode)?)?,
+            None => y,
         };
         self.bn.forward(&y, mode)
     }
