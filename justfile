@@ -36,6 +36,16 @@ status RUN *ARGS:
 report RUN *ARGS:
     cargo run --release -- report {{RUN}} {{ARGS}}
 
+# Write the best trial's network as a folder: just export runs/quickstart --out model
+[group('results')]
+export RUN *ARGS:
+    cargo run --release -- export {{RUN}} --best {{ARGS}}
+
+# Classify images or texts with an exported model: just predict model photo.png
+[group('results')]
+predict MODEL +INPUTS:
+    cargo run --release -- predict {{MODEL}} {{INPUTS}}
+
 # Then: MLFLOW_TRACKING_URI=http://127.0.0.1:5000 just sweep experiments/quickstart.yaml
 
 # Start a local MLflow tracking server on 127.0.0.1:PORT (SQLite store and artifacts in .mlflow/)

@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod experiment;
+pub mod export;
 pub mod features;
 pub mod interrupt;
 pub mod metrics;

@@ -168,6 +168,76 @@ pub enum Command {
         #[arg(long, default_value = "runs", env = env::STORE)]
         store: PathBuf,
     },
+    /// Write one trial's trained network as a folder that needs nothing else.
+    ///
+    /// DIR gets model.safetensors (LoRA updates folded into the weights), model.json (the
+    /// architecture, class names, preprocessing and where it came from), tokenizer.json for
+    /// text models, and README.md, a model card. The weights are the trial's checkpoint when
+    /// the sweep kept it (`checkpoints: true`); otherwise the trial is trained again, alone,
+    /// as the sweep trained it. Either way the network is evaluated on the trial's eval data
+    /// before anything is written, and both accuracies go into the card.
+    ///
+    /// The best trial: `xferlab export runs/quickstart --best --out model`
+    ///
+    /// The best LoRA trial by macro-F1: `xferlab export runs/quickstart --best lora --metric
+    /// macro_f1 --out model`
+    ///
+    /// One trial: `xferlab export runs/quickstart --trial 3f2a --out model`
+    Export {
+        /// A sweep folder (runs/NAME) or the spec that made it.
+        run: PathBuf,
+        /// The trial: its index in the plan or its id (a unique prefix will do).
+        #[arg(
+            long,
+            value_name = "ID|INDEX",
+            required_unless_present = "best",
+            conflicts_with = "best"
+        )]
+        trial: Option<String>,
+        /// The finished trial with the best --metric; given a strategy name, the best of that
+        /// strategy's trials.
+        #[arg(long, value_name = "STRATEGY", num_args = 0..=1, default_missing_value = "")]
+        best: Option<String>,
+        /// What --best maximises: accuracy, macro_f1, or ece (minimised).
+        #[arg(long, value_enum, default_value_t = Metric::Accuracy)]
+        metric: Metric,
+        /// The folder to write (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Where to evaluate, and retrain a trial whose weights were not kept: cpu, cuda,
+        /// cuda:N or auto (default auto).
+        #[arg(long, value_name = "DEVICE", value_parser = device_choice)]
+        device: Option<DeviceChoice>,
+        /// Root folder of the run store (when RUN is a spec).
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
+    /// Classify images or texts with a model `xferlab export` wrote.
+    ///
+    /// Prints each input's most probable classes with their probabilities. Image models take
+    /// PNG or JPEG files, prepared as the sweep prepared its data. Text models take texts: an
+    /// argument naming a file stands for its lines (one text each), `-` for standard input's
+    /// lines, and any other argument is a text itself.
+    ///
+    /// `xferlab predict model photo1.jpg photo2.png`
+    ///
+    /// `xferlab predict spam-model "WIN a FREE cruise" mails.txt --format json`
+    Predict {
+        /// A folder `xferlab export` wrote.
+        model: PathBuf,
+        /// Image files; or texts, text files and `-` for a text model.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<String>,
+        /// Classes shown per input.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+        top: u16,
+        /// Output format: lines, or one JSON array.
+        #[arg(long, value_enum, default_value_t = PredictFormat::Text)]
+        format: PredictFormat,
+        /// Where to run: cpu, cuda, cuda:N or auto (default auto).
+        #[arg(long, value_name = "DEVICE", value_parser = device_choice)]
+        device: Option<DeviceChoice>,
+    },
     /// Upload to the tracking server what it has not got yet; safe to repeat.
     ///
     /// Each trial is found again by its `xferlab.trial_id` tag, so running sync twice, or
@@ -223,4 +293,13 @@ mod tests {
             assert!(seen.iter().any(|s| s == name), "{name} is no option's");
         }
     }
+}
+
+/// How `predict` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PredictFormat {
+    /// `INPUT: class 0.93, class 0.05, ...`, one line per input.
+    Text,
+    /// `[{"input": ..., "top": [{"class": ..., "probability": ...}]}]`.
+    Json,
 }

@@ -8,15 +8,17 @@ mod progress;
 use std::process::ExitCode;
 
 use clap::Parser;
+use xferlab::device::DeviceChoice;
 use xferlab::error::{Error, exit};
 use xferlab::experiment::Experiment;
+use xferlab::export;
 use xferlab::report::{self, Format};
 use xferlab::runner::{self, RunOptions};
 use xferlab::spec;
 use xferlab::store::RunStore;
 use xferlab::tracking::Target;
 
-use args::{Cli, Command};
+use args::{Cli, Command, PredictFormat};
 
 fn main() -> ExitCode {
     // SAFETY: first thing in main, no other thread yet.
@@ -241,6 +243,68 @@ fn execute(command: Command) -> Result<u8, Error> {
             }
             if let Some(file) = html {
                 eprintln!("page written to {}", file.display());
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Export {
+            run,
+            trial,
+            best,
+            metric,
+            out,
+            device,
+            store,
+        } => {
+            let run_store = RunStore::find(&run, &store)?;
+            let plan = run_store.plan()?;
+            let records = run_store.records(&plan)?;
+            let choice = match trial {
+                Some(trial) => export::Choice::Trial(trial),
+                None => export::Choice::Best(best.filter(|s| !s.is_empty()), metric),
+            };
+            let (trial, record) = export::choose(&plan, &records, &choice)?;
+            let device = device.unwrap_or(DeviceChoice::Auto).open()?;
+            let exported = export::export(&run_store, trial, &record, &out, &device, &|m| {
+                eprintln!("{m}")
+            })?;
+            let p = &exported.provenance;
+            eprintln!(
+                "exported trial {} ({} t={} f={}) to {}: accuracy {:.4} recorded, {:.4} measured now",
+                p.trial,
+                p.strategies.join("="),
+                p.transfer_depth,
+                p.freeze_depth,
+                out.display(),
+                p.eval.accuracy,
+                p.exported_accuracy
+            );
+            Ok(exit::SUCCESS)
+        }
+        Command::Predict {
+            model,
+            inputs,
+            top,
+            format,
+            device,
+        } => {
+            let device = device.unwrap_or(DeviceChoice::Auto).open()?;
+            let loaded = export::Loaded::open(&model, &device)?;
+            let inputs = export::inputs(&loaded.exported, &inputs)?;
+            let predictions = loaded.predict(&inputs, usize::from(top), &device)?;
+            match format {
+                PredictFormat::Json => {
+                    let json =
+                        serde_json::to_string_pretty(&predictions).expect("predictions serialise");
+                    println!("{json}");
+                }
+                PredictFormat::Text => {
+                    for p in &predictions {
+                        let top: Vec<String> = (p.top.iter())
+                            .map(|r| format!("{} {:.4}", r.class, r.probability))
+                            .collect();
+                        println!("{}: {}", p.input, top.join(", "));
+                    }
+                }
             }
             Ok(exit::SUCCESS)
         }

@@ -296,6 +296,33 @@ impl Catalog {
         Ok(tokens)
     }
 
+    /// The names of the classes `labels` of a dataset's train split: image and text folders'
+    /// folder names, text tables' labels, and the numbers themselves for IDX files and the
+    /// generated domain.
+    pub fn class_names(&self, name: &str, labels: &[u32]) -> Result<Vec<String>, InputError> {
+        let spec = self.spec(name)?;
+        let known: Vec<String> = match spec.format {
+            DatasetFormat::TextFolder | DatasetFormat::TextTable => {
+                self.texts(name, Split::Train)?.classes.clone()
+            }
+            DatasetFormat::ImageFolder => {
+                let kind = folder::Kind::Images;
+                folder::list(dir_of(spec, name)?, Split::Train, spec.holdout, kind)?.classes
+            }
+            DatasetFormat::Idx | DatasetFormat::Generated => {
+                return Ok(labels.iter().map(u32::to_string).collect());
+            }
+        };
+        (labels.iter())
+            .map(|&l| {
+                known
+                    .get(l as usize)
+                    .cloned()
+                    .ok_or_else(|| InputError::new(format!("dataset `{name}` has no class {l}")))
+            })
+            .collect()
+    }
+
     /// What a network reads from the dataset.
     pub fn input(&self, name: &str) -> Result<Input, InputError> {
         match self.spec(name)?.format.is_text() {

@@ -20,6 +20,39 @@ pub fn asset(path: &str) -> PathBuf {
     path
 }
 
+/// One of the real photos.
+pub fn photo(name: &str) -> image::DynamicImage {
+    image::open(asset(&format!("photos/{name}"))).unwrap()
+}
+
+/// `root/<split>/<class>/<n>.<ext>`: `per_split` crops of each photo per split, at different
+/// places and sizes, every other one mirrored, alternately PNG and JPEG.
+pub fn write_folder(root: &Path, per_split: u32) {
+    for (class, name) in [
+        ("cat", "chelsea.png"),
+        ("coffee", "coffee.png"),
+        ("rocket", "rocket.jpg"),
+    ] {
+        let photo = photo(name);
+        let (w, h) = (photo.width(), photo.height());
+        for (s, split) in ["train", "test"].into_iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_split {
+                let k = i + s as u32 * per_split;
+                let side = w.min(h) * (6 + k % 4) / 10;
+                let (x, y) = ((w - side) * (k % 5) / 4, (h - side) * (k % 3) / 2);
+                let mut crop = photo.crop_imm(x, y, side, side);
+                if k % 2 == 1 {
+                    crop = crop.fliph();
+                }
+                let ext = if k.is_multiple_of(2) { "png" } else { "jpg" };
+                crop.to_rgb8().save(dir.join(format!("{i}.{ext}"))).unwrap();
+            }
+        }
+    }
+}
+
 /// The xferlab binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_xferlab")
