@@ -172,7 +172,7 @@ pub fn choose<'a>(
                     names.sort();
                     names.dedup();
                     Err(InputError::new(format!(
-                        "no finished trial{which} with a {} to export",
+                        "no finished trial{which} to export (--best compares {})",
                         metric.name()
                     ))
                     .with_help(format!("strategies in this sweep: {}", names.join(", ")))

@@ -73,6 +73,16 @@ fn an_exported_trial_predicts_as_it_was_evaluated() {
         .find(|r| r["config"]["adapter"] == "lora")
         .unwrap();
     let recorded = lora["eval"]["accuracy"].as_f64().unwrap();
+    // With an adapter in the sweep, the table shows what each row trained: LoRA's rank-4
+    // matrices on b5's linear layer (4 x (64 x 8 x 8 in + 256 out)) and the head (256 x 3 + 3).
+    let trained = lora["trainable_parameters"].as_u64().unwrap();
+    assert_eq!(trained, 4 * (64 * 8 * 8 + 256) + 256 * 3 + 3);
+    let row = ran.stdout.lines().find(|l| l.starts_with("lora ")).unwrap();
+    assert!(ran.stdout.contains("trained params"), "{}", ran.stdout);
+    assert!(
+        row.split_whitespace().any(|c| c == trained.to_string()),
+        "{row}"
+    );
 
     // No checkpoint was kept: export trains the trial again.
     let ran = test.run(&[
@@ -193,4 +203,76 @@ fn a_failed_or_missing_trial_is_not_exported() {
     let ran = test.run(&["predict", "runs", "photos/test/cat/0.png"]);
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("has no model.json"), "{}", ran.stderr);
+}
+
+/// A text model: the tokenizer travels with it, class names are the folders', and `predict`
+/// reads texts given as arguments and as files of lines.
+#[test]
+fn an_exported_text_model_classifies_texts() {
+    let spec = common::text_sweep().replace(
+        "strategies: [scratch, transfer, partial_freeze, finetune]",
+        "strategies: [transfer]",
+    );
+    let test = Test::new().file("texts.yaml", spec);
+    let ran = test.run(&["run", "texts.yaml", "--device", "cpu"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = test.run(&[
+        "export",
+        "texts.yaml",
+        "--best",
+        "--out",
+        "m",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let exported = json(&test.join("m/model.json"));
+    assert_eq!(exported["classes"], serde_json::json!(["ham", "spam"]));
+    assert_eq!(exported["input"]["text"]["max_length"], 24);
+    assert!(test.join("m/tokenizer.json").is_file());
+    let recorded = exported["provenance"]["eval"]["accuracy"].as_f64();
+    assert_eq!(
+        exported["provenance"]["exported_accuracy"].as_f64(),
+        recorded
+    );
+    let test = test.file(
+        "mails.txt",
+        "Meeting moved to 3pm, see agenda attached\n\nYou WON a FREE prize, click now\n",
+    );
+    let ran = test.run(&[
+        "predict",
+        "m",
+        "Lunch tomorrow?",
+        "mails.txt",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let predictions: Vec<Value> = serde_json::from_str(&ran.stdout).unwrap();
+    let inputs: Vec<&str> = predictions
+        .iter()
+        .map(|p| p["input"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            "Lunch tomorrow?",
+            "Meeting moved to 3pm, see agenda attached",
+            "You WON a FREE prize, click now"
+        ]
+    );
+    for p in &predictions {
+        let total: f64 = p["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["probability"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (total - 1.0).abs() < 1e-5,
+            "both classes shown, summing to 1: {p}"
+        );
+    }
 }

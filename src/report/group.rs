@@ -202,6 +202,10 @@ pub struct Report {
     pub failed: usize,
     /// Trials not run yet.
     pub missing: usize,
+    /// Whether some trial trains through an adapter (BitFit, LoRA): the tables then show
+    /// each row's trainable parameters, which its depths no longer tell.
+    #[serde(skip)]
+    pub adapted: bool,
 }
 
 fn order(a: &Value, b: &Value) -> std::cmp::Ordering {
@@ -311,6 +315,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
         finished,
         failed,
         missing: plan.trials.len() - finished - failed,
+        adapted: plan.trials.iter().any(|t| t.config.adapter.is_some()),
     }
 }
 

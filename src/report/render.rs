@@ -263,9 +263,12 @@ pub fn compare(a: &Report, b: &Report, markdown: bool) -> String {
 fn text(report: &Report, markdown: bool) -> String {
     let mut header: Vec<String> = vec!["strategy".into(), "t".into(), "f".into()];
     header.extend(report.axes.iter().map(|a| short(a).to_string()));
+    header.push("n".into());
+    if report.adapted {
+        header.push("trained params".into());
+    }
     header.extend(
         [
-            "n",
             report.metric.name(),
             "± std",
             "95% CI",
@@ -289,8 +292,14 @@ fn text(report: &Report, markdown: bool) -> String {
             Some(g) => format!("{:+.4} ", g.mean),
             None => "- ".into(),
         };
+        line.push(n);
+        if report.adapted {
+            line.push(
+                row.trainable_parameters
+                    .map_or("-".into(), |p| p.to_string()),
+            );
+        }
         line.extend([
-            n,
             number(row.value.map(|a| a.mean), false),
             number(row.value.and_then(|a| a.std), false),
             half_width(row.value),
