@@ -76,6 +76,11 @@ pub enum Preprocessing {
 pub struct Provenance {
     /// The sweep's name.
     pub sweep: String,
+    /// The sweep's id (`sweep.json`; MLflow tags its runs with it) and the git commit of the
+    /// spec's repository, when the store has them.
+    pub sweep_id: Option<String>,
+    /// The git commit the spec was in when the sweep started.
+    pub git_commit: Option<String>,
     /// The trial's id.
     pub trial: String,
     /// The strategies that name it.
@@ -250,6 +255,7 @@ pub fn export(
         std::fs::copy(&tokenizer, out.join(TOKENIZER))
             .map_err(Error::io(format!("cannot copy {}", tokenizer.display())))?;
     }
+    let identity = store.saved_identity()?;
     let exported = Exported {
         model,
         classes,
@@ -259,6 +265,8 @@ pub fn export(
                 .root()
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into()),
+            sweep_id: identity.as_ref().map(|i| i.id.clone()),
+            git_commit: identity.and_then(|i| i.git_commit),
             trial: trial.id.clone(),
             strategies: trial
                 .strategies
@@ -385,6 +393,12 @@ fn card(exported: &Exported, config: &crate::plan::TrialConfig) -> String {
         p.sweep
     );
     let _ = writeln!(s, "| | |\n|---|---|");
+    if let Some(id) = &p.sweep_id {
+        let _ = writeln!(s, "| sweep id | {id} |");
+    }
+    if let Some(commit) = &p.git_commit {
+        let _ = writeln!(s, "| spec's git commit | {commit} |");
+    }
     let _ = writeln!(
         s,
         "| source model | {} |",

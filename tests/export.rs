@@ -110,6 +110,11 @@ fn an_exported_trial_predicts_as_it_was_evaluated() {
     assert_eq!(exported["input"]["image"]["size"], 32);
     let card = std::fs::read_to_string(test.join("retrained/README.md")).unwrap();
     assert!(card.contains("lora (rank 4, alpha 8"), "{card}");
+    let sweep = json(&test.join("runs/photos/sweep.json"));
+    assert!(
+        card.contains(&format!("| sweep id | {} |", sweep["id"].as_str().unwrap())),
+        "{card}"
+    );
     assert!(
         card.contains(&format!("| accuracy (recorded) | {recorded:.4} |")),
         "{card}"
