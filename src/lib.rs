@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod estimate;
 pub mod experiment;
 pub mod export;
 pub mod features;

@@ -285,6 +285,12 @@ impl RunStore {
         })
     }
 
+    /// The transferability estimates `xferlab estimate` wrote, if it ran.
+    pub fn estimates(&self) -> Result<Option<crate::estimate::Estimates>> {
+        let path = self.root.join(crate::estimate::FILE);
+        path.is_file().then(|| read_json(&path)).transpose()
+    }
+
     /// The sweep folder.
     pub fn root(&self) -> &Path {
         &self.root

@@ -48,6 +48,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score each candidate freeze depth before training: LogME of the source's frozen
+    /// features, and LEEP of its classifier.
+    ///
+    /// For every source model and target training selection (size, seed) the sweep
+    /// transfers, the source's blocks run once over the target's training examples; the
+    /// pooled output after each block is scored (LogME, You et al. 2021). Prints a ranking of
+    /// depths per setting, best first, and writes <store>/<name>/estimates.json; once the
+    /// sweep has run, `xferlab report` shows each estimate beside the accuracy measured at
+    /// that depth, with Kendall's tau. Seconds where the sweep takes minutes or hours.
+    Estimate {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Where tensors live: cpu, cuda, cuda:N, or auto. Default: the spec's `device`, else
+        /// auto.
+        #[arg(long, value_name = "DEVICE", value_parser = device_choice)]
+        device: Option<DeviceChoice>,
+        /// Root folder of the run store (source models are pretrained and kept there).
+        #[arg(long, default_value = "runs", env = env::STORE)]
+        store: PathBuf,
+    },
     /// Run the sweep, skipping trials the run store already has; prints the result table.
     Run {
         #[command(flatten)]

@@ -110,6 +110,23 @@ fn execute(command: Command) -> Result<u8, Error> {
                 exit::SUCCESS
             })
         }
+        Command::Estimate {
+            spec,
+            device,
+            store,
+        } => {
+            let experiment = Experiment::prepare(&spec.spec, &spec.overrides)?;
+            let device = experiment.device(device)?;
+            let estimates =
+                xferlab::estimate::estimate(&experiment, &store, &device, &|m| eprintln!("{m}"))?;
+            print!("{}", xferlab::estimate::render(&estimates));
+            let written = RunStore::new(&store, &experiment.plan.name);
+            eprintln!(
+                "estimates written to {}",
+                written.root().join(xferlab::estimate::FILE).display()
+            );
+            Ok(exit::SUCCESS)
+        }
         Command::Submit {
             spec,
             slurm,
@@ -230,6 +247,11 @@ fn execute(command: Command) -> Result<u8, Error> {
             }
             let (run_store, plan, records, built) = &sweeps[0];
             print!("{}", report::render(built, format));
+            if let (Format::Table | Format::Md, Some(estimates)) = (format, run_store.estimates()?)
+                && let Some(compared) = xferlab::estimate::compare(built, &estimates)
+            {
+                print!("{compared}");
+            }
             let drawn = report::publish(
                 run_store,
                 plan,
