@@ -20,6 +20,17 @@ fn tables_and_statistics_of_a_fixed_store() {
         assert_eq!(ran.code, 0, "{}", ran.stderr);
         insta::assert_snapshot!(name, ran.stdout);
     }
+    // Uncorrected, three of the fixture's gains are significantly below zero: negative
+    // transfer, marked `!`, named in the best list and said in words.
+    let ran = test.run(&["report", FIXTURE, "--correction", "none"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(
+        ran.stdout.matches(" hurts at ").count(),
+        3,
+        "{}",
+        ran.stdout
+    );
+    insta::assert_snapshot!("fixture_table_uncorrected", ran.stdout);
 }
 
 #[test]

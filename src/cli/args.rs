@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use xferlab::device::{CHOICES, DeviceChoice};
 use xferlab::error::InputError;
-use xferlab::report::{Format, Metric};
+use xferlab::report::{Correction, Format, Metric};
 use xferlab::spec::command_line_variables as env;
 
 /// Declarative transfer-learning experiments: how much does transfer help, and how deep to freeze?
@@ -177,6 +177,11 @@ pub enum Command {
         /// seed either way.
         #[arg(long, value_enum, default_value_t = Metric::Accuracy)]
         metric: Metric,
+        /// How the stars (gains over scratch that differ from zero) account for the sweep
+        /// testing many gains: holm (Holm's correction over all of them: the chance of any
+        /// false star stays at 5%) or none (each gain's own 95% interval).
+        #[arg(long, value_enum, default_value_t = Correction::Holm)]
+        correction: Correction,
         /// Also write the figures as SVG and PNG into this folder (one sweep only).
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,

@@ -86,7 +86,12 @@ fn execute(command: Command) -> Result<u8, Error> {
             let summary = runner::run(&experiment, &options, &|e| progress.show(e))?;
             let run_store = RunStore::new(&store, &experiment.plan.name);
             let records = run_store.records(&experiment.plan)?;
-            let built = report::build(&experiment.plan, &records, report::Metric::Accuracy);
+            let built = report::build(
+                &experiment.plan,
+                &records,
+                report::Metric::Accuracy,
+                report::Correction::Holm,
+            );
             print!("{}", report::render(&built, Format::Table));
             eprintln!(
                 "run store: {} ({} run now, {} already done, {} failed, {} busy elsewhere)",
@@ -228,6 +233,7 @@ fn execute(command: Command) -> Result<u8, Error> {
             runs,
             format,
             metric,
+            correction,
             plots,
             html,
             store,
@@ -237,7 +243,7 @@ fn execute(command: Command) -> Result<u8, Error> {
                 let run_store = RunStore::find(run, &store)?;
                 let plan = run_store.plan()?;
                 let records = run_store.records(&plan)?;
-                let built = report::build(&plan, &records, metric);
+                let built = report::build(&plan, &records, metric, correction);
                 sweeps.push((run_store, plan, records, built));
             }
             if let [(_, _, _, a), (_, _, _, b)] = &sweeps[..] {

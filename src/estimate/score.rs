@@ -8,62 +8,104 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 /// noise precision beta by the paper's fixed-point iteration, divided by the number of
 /// examples; the mean over classes. `features` is n rows of d values. Higher is better.
 pub fn logme(features: &DMatrix<f64>, labels: &[u32], classes: usize) -> f64 {
-    let (n, d) = features.shape();
-    // F^T F = V diag(sigma) V^T: one eigendecomposition serves every class.
-    let gram = features.transpose() * features;
-    let eigen = SymmetricEigen::new(gram);
-    let sigma = eigen.eigenvalues.map(|s| s.max(0.0));
-    let v = eigen.eigenvectors;
+    let spectrum = Spectrum::of(features);
     let total: f64 = (0..classes)
         .map(|k| {
             let y = DVector::from_iterator(
-                n,
+                labels.len(),
                 labels.iter().map(|&l| f64::from(u8::from(l == k as u32))),
             );
-            evidence(features, &y, &v, &sigma, d).0
+            evidence(&spectrum, &y).0
         })
         .sum();
     total / classes as f64
 }
 
-/// The maximised evidence per example for one target `y`, with its (alpha, beta).
-pub(crate) fn evidence(
-    f: &DMatrix<f64>,
-    y: &DVector<f64>,
-    v: &DMatrix<f64>,
-    sigma: &DVector<f64>,
+/// The features' singular structure, which is all the evidence needs: the nonzero
+/// eigenvalues s_i of F^T F (equally of F F^T) with the left singular vectors u_i, from
+/// whichever Gram matrix is smaller (F has more rows than columns or fewer, as when 50
+/// examples meet 1280 features).
+pub(crate) struct Spectrum {
+    /// Nonzero eigenvalues.
+    s: Vec<f64>,
+    /// Left singular vectors, one column per eigenvalue (n x k).
+    u: DMatrix<f64>,
+    /// Examples and feature dimensions.
+    n: usize,
     d: usize,
-) -> (f64, f64, f64) {
-    let n = f.nrows() as f64;
-    // V^T F^T y, fixed across iterations.
-    let projected = v.transpose() * (f.transpose() * y);
-    // The posterior mean m = beta (alpha I + beta F^T F)^-1 F^T y, |m|^2 and |F m - y|^2.
-    let posterior = |alpha: f64, beta: f64| {
-        let scaled = DVector::from_iterator(
-            d,
-            (projected.iter().zip(sigma.iter())).map(|(&p, &s)| beta * p / (alpha + beta * s)),
-        );
-        let m = v * scaled;
-        (m.norm_squared(), (f * &m - y).norm_squared())
+}
+
+impl Spectrum {
+    pub(crate) fn of(f: &DMatrix<f64>) -> Self {
+        let (n, d) = f.shape();
+        let (values, vectors, left) = if n >= d {
+            let eigen = SymmetricEigen::new(f.transpose() * f);
+            (eigen.eigenvalues, eigen.eigenvectors, false)
+        } else {
+            let eigen = SymmetricEigen::new(f * f.transpose());
+            (eigen.eigenvalues, eigen.eigenvectors, true)
+        };
+        // Eigenvalues below this are rounding noise of zeros.
+        let floor = values.iter().fold(0.0_f64, |m, &v| m.max(v)) * 1e-12;
+        let kept: Vec<usize> = (0..values.len()).filter(|&i| values[i] > floor).collect();
+        let s: Vec<f64> = kept.iter().map(|&i| values[i]).collect();
+        let u = DMatrix::from_fn(n, kept.len(), |row, c| {
+            let i = kept[c];
+            match left {
+                true => vectors[(row, i)],
+                // u_i = F v_i / sqrt(s_i).
+                false => (f.row(row) * vectors.column(i))[(0, 0)] / values[i].sqrt(),
+            }
+        });
+        Spectrum { s, u, n, d }
+    }
+}
+
+/// The maximised evidence per example for one target `y`, with its (alpha, beta). With
+/// q_i = (u_i^T y)^2, everything the fixed point and the evidence need is a sum over the
+/// eigenvalues: the posterior mean m = beta (alpha I + beta F^T F)^-1 F^T y has |m|^2 =
+/// sum beta^2 s_i q_i / (alpha + beta s_i)^2, and |F m - y|^2 = sum alpha^2 q_i / (alpha +
+/// beta s_i)^2 plus the part of |y|^2 outside F's range.
+pub(crate) fn evidence(spectrum: &Spectrum, y: &DVector<f64>) -> (f64, f64, f64) {
+    let Spectrum { s, u, n, d } = spectrum;
+    let (n, d) = (*n as f64, *d as f64);
+    let q: Vec<f64> = (u.transpose() * y).iter().map(|p| p * p).collect();
+    let outside = (y.norm_squared() - q.iter().sum::<f64>()).max(0.0);
+    let fit = |alpha: f64, beta: f64| {
+        let (mut m_norm, mut residual) = (0.0, outside);
+        for (&s, &q) in s.iter().zip(&q) {
+            let denominator = (alpha + beta * s).powi(2);
+            m_norm += beta * beta * s * q / denominator;
+            residual += alpha * alpha * q / denominator;
+        }
+        (m_norm, residual)
     };
     let (mut alpha, mut beta) = (1.0_f64, 1.0_f64);
-    // The paper's fixed point (MacKay's updates); it settles in a few steps.
+    // The paper's fixed point (MacKay's updates), run until alpha / beta settles. Where the
+    // features can fit the target exactly (as many independent features as examples) the
+    // evidence rises without bound as beta grows: stop at a noise precision of 1e8 (the
+    // reference code stops after 11 rounds instead).
     for _ in 0..100 {
-        let gamma: f64 = sigma.iter().map(|&s| beta * s / (alpha + beta * s)).sum();
-        let (m_norm, residual) = posterior(alpha, beta);
+        let gamma: f64 = s.iter().map(|&s| beta * s / (alpha + beta * s)).sum();
+        let (m_norm, residual) = fit(alpha, beta);
         let (new_alpha, new_beta) = (
             gamma / m_norm.max(1e-300),
             (n - gamma) / residual.max(1e-300),
         );
-        let settled = ((new_alpha / new_beta) - (alpha / beta)).abs() < 1e-9 * (alpha / beta);
+        if !(new_alpha.is_finite() && new_beta.is_finite() && new_beta < 1e8) {
+            break;
+        }
+        let settled = ((new_alpha / new_beta) - (alpha / beta)).abs() < 1e-7 * (alpha / beta);
         (alpha, beta) = (new_alpha, new_beta);
         if settled {
             break;
         }
     }
-    let (m_norm, residual) = posterior(alpha, beta);
-    let log_det: f64 = sigma.iter().map(|&s| (alpha + beta * s).ln()).sum();
-    let evidence = d as f64 / 2.0 * alpha.ln() + n / 2.0 * beta.ln()
+    let (m_norm, residual) = fit(alpha, beta);
+    // log det(alpha I + beta F^T F): the zero eigenvalues contribute log alpha each.
+    let log_det =
+        (d - s.len() as f64) * alpha.ln() + s.iter().map(|&s| (alpha + beta * s).ln()).sum::<f64>();
+    let evidence = d / 2.0 * alpha.ln() + n / 2.0 * beta.ln()
         - 0.5 * log_det
         - beta / 2.0 * residual
         - alpha / 2.0 * m_norm
@@ -160,29 +202,30 @@ mod tests {
     /// fixed point is a maximum over (alpha, beta).
     #[test]
     fn logme_is_the_maximised_evidence_of_a_bayesian_linear_model() {
-        let (f, labels) = data(40, 6, 1.0, 1);
-        let eigen = SymmetricEigen::new(f.transpose() * &f);
-        let y = DVector::from_iterator(40, labels.iter().map(|&l| f64::from(u8::from(l == 1))));
-        let (per_example, alpha, beta) =
-            evidence(&f, &y, &eigen.eigenvectors, &eigen.eigenvalues, 6);
-        let direct = direct_evidence(&f, &y, alpha, beta);
-        assert!(
-            (per_example * 40.0 - direct).abs() < 1e-6,
-            "{} vs {direct}",
-            per_example * 40.0
-        );
-        for (da, db) in [
-            (1.2, 1.0),
-            (0.8, 1.0),
-            (1.0, 1.2),
-            (1.0, 0.8),
-            (1.1, 1.1),
-            (0.9, 0.9),
-        ] {
+        // More examples than features, and fewer (the Gram matrix of the other side; rank 5,
+        // so that the targets cannot be fitted exactly and a maximum exists).
+        for (n, d) in [(40, 6), (12, 30)] {
+            let (f, labels) = data(n, d.min(5), 1.0, 1);
+            let f = f * DMatrix::from_fn(d.min(5), d, |i, j| ((i * 7 + j * 3) % 5) as f64 - 2.0);
+            let y = DVector::from_iterator(n, labels.iter().map(|&l| f64::from(u8::from(l == 1))));
+            let (per_example, alpha, beta) = evidence(&Spectrum::of(&f), &y);
+            let direct = direct_evidence(&f, &y, alpha, beta);
+            let closed = per_example * n as f64;
             assert!(
-                direct_evidence(&f, &y, alpha * da, beta * db) < direct,
-                "not a maximum at x{da}, x{db}"
+                (closed - direct).abs() < 1e-6,
+                "{n}x{d}: {closed} vs {direct}"
             );
+            for (da, db) in [
+                (1.2, 1.0),
+                (0.8, 1.0),
+                (1.0, 1.2),
+                (1.0, 0.8),
+                (1.1, 1.1),
+                (0.9, 0.9),
+            ] {
+                let moved = direct_evidence(&f, &y, alpha * da, beta * db);
+                assert!(moved < direct, "{n}x{d}: not a maximum at x{da}, x{db}");
+            }
         }
     }
 
@@ -193,6 +236,9 @@ mod tests {
         let (noise, _) = data(60, 9, 0.0, 3);
         let (a, b) = (logme(&informative, &labels, 3), logme(&noise, &labels, 3));
         assert!(a > b, "{a} vs {b}");
+        // As many independent features as examples fit any target: still a finite score.
+        let (wide, labels) = data(12, 30, 2.0, 4);
+        assert!(logme(&wide, &labels, 3).is_finite());
     }
 
     /// Against SciPy 1.x `kendalltau` (tau-b) on the same pairs.

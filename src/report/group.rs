@@ -42,6 +42,10 @@ pub struct Row {
     /// The metric minus the baseline's, paired by seed (same data subset, same everything but
     /// the strategy), over the seeds both finished.
     pub gain: Option<Summary>,
+    /// The gain's paired t-test p-value, adjusted by the report's correction.
+    pub gain_p: Option<f64>,
+    /// Whether the gain differs from zero at the 5% level after that correction.
+    pub gain_significant: bool,
     /// The metric by seed, for pairing and plots.
     #[serde(skip)]
     pub by_seed: BTreeMap<u64, f64>,
@@ -65,6 +69,8 @@ impl Row {
             loss_mean: None,
             trainable_parameters: None,
             gain: None,
+            gain_p: None,
+            gain_significant: false,
             by_seed: BTreeMap::new(),
             trial_ids: BTreeMap::new(),
         }
@@ -181,6 +187,18 @@ impl Metric {
     }
 }
 
+/// How the stars of many gains over scratch account for being many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Correction {
+    /// Holm's step-down correction over every gain in the report: the chance of any false
+    /// star stays at 5%.
+    #[default]
+    Holm,
+    /// None: a star where a gain's own 95% interval excludes zero.
+    None,
+}
+
 /// A sweep's results.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -188,6 +206,8 @@ pub struct Report {
     pub name: String,
     /// What the rows compare.
     pub metric: Metric,
+    /// How significance of the gains is decided.
+    pub correction: Correction,
     /// Swept axes that group rows (all but `seed` and `freeze_depth`).
     pub axes: Vec<String>,
     /// Rows.
@@ -216,7 +236,12 @@ fn order(a: &Value, b: &Value) -> std::cmp::Ordering {
 }
 
 /// Groups the plan's trials with their records, comparing them by `metric`.
-pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
+pub fn build(
+    plan: &Plan,
+    records: &[TrialRecord],
+    metric: Metric,
+    correction: Correction,
+) -> Report {
     let axes: Vec<String> = plan.axes.iter().filter(|a| *a != "seed").cloned().collect();
     let by_id: HashMap<&str, &TrialRecord> = records.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut rows: Vec<Row> = Vec::new();
@@ -288,6 +313,21 @@ pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
     for (row, gain) in rows.iter_mut().zip(gains) {
         row.gain = gain;
     }
+    // The family: every gain with a p-value (two or more seeds).
+    let tested: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].gain.and_then(|g| g.p_value()).is_some())
+        .collect();
+    let p: Vec<f64> = (tested.iter())
+        .map(|&i| rows[i].gain.and_then(|g| g.p_value()).expect("tested"))
+        .collect();
+    let adjusted = match correction {
+        Correction::Holm => super::stats::holm(&p),
+        Correction::None => p,
+    };
+    for (&i, p) in tested.iter().zip(adjusted) {
+        rows[i].gain_p = Some(p);
+        rows[i].gain_significant = p < 0.05;
+    }
     let strategy_rank = |s: StrategyLabel| {
         plan.strategies
             .iter()
@@ -308,6 +348,7 @@ pub fn build(plan: &Plan, records: &[TrialRecord], metric: Metric) -> Report {
     Report {
         name: plan.name.clone(),
         metric,
+        correction,
         best: best(&rows, metric),
         axes,
         rows,

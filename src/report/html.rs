@@ -144,11 +144,7 @@ fn results_table(out: &mut String, report: &Report) {
         for value in &row.axes {
             let _ = write!(out, "<td class=\"n\">{}</td>", escape(&super::cell(value)));
         }
-        let mark = if row.gain.is_some_and(|g| g.excludes_zero()) {
-            "*"
-        } else {
-            ""
-        };
+        let mark = if row.gain_significant { "*" } else { "" };
         let _ = writeln!(
             out,
             "<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}{mark}</td><td class=\"n\">{}</td></tr>",

@@ -9,7 +9,7 @@ mod publish;
 mod render;
 mod stats;
 
-pub use group::{Best, Metric, Report, Row, baseline_of, build, settings};
+pub use group::{Best, Correction, Metric, Report, Row, baseline_of, build, settings};
 pub use publish::publish;
 pub use render::{Format, check_comparison, compare, render};
 pub use stats::Summary;

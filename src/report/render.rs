@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::{Report, Row, Summary};
+use super::{Correction, Report, Row, Summary};
 use crate::error::InputError;
 use crate::plan::StrategyLabel;
 use crate::table::{self, Layout};
@@ -99,6 +99,8 @@ fn csv(report: &Report) -> String {
             "gain_ci95",
             "gain_pairs",
             "gain_excludes_zero",
+            "gain_p",
+            "gain_significant",
         ]
         .map(String::from),
     );
@@ -129,6 +131,10 @@ fn csv(report: &Report) -> String {
             row.gain.map(|g| g.n.to_string()).unwrap_or_default(),
             row.gain
                 .map(|g| g.excludes_zero().to_string())
+                .unwrap_or_default(),
+            raw(row.gain_p),
+            row.gain
+                .map(|_| row.gain_significant.to_string())
                 .unwrap_or_default(),
         ]);
         out += &(line.into_iter().map(quote).collect::<Vec<_>>().join(",") + "\n");
@@ -288,7 +294,8 @@ fn text(report: &Report, markdown: bool) -> String {
             n += &format!(" ({} not run)", row.missing);
         }
         let gain = match row.gain {
-            Some(g) if g.excludes_zero() => format!("{:+.4}*", g.mean),
+            Some(g) if hurts(report, row) => format!("{:+.4}!", g.mean),
+            Some(g) if row.gain_significant => format!("{:+.4}*", g.mean),
             Some(g) => format!("{:+.4} ", g.mean),
             None => "- ".into(),
         };
@@ -324,8 +331,9 @@ fn text(report: &Report, markdown: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "gain: {} minus scratch's with the same seed and data; * its 95% interval (Student's t) excludes zero{}",
+        "gain: {} minus scratch's with the same seed and data; 95% CI: Student's t; * {}; ! the same, worse than scratch{}",
         report.metric.name(),
+        star(report),
         match report.metric.higher_is_better() {
             true => "",
             false => " (lower is better)",
@@ -343,6 +351,14 @@ fn text(report: &Report, markdown: bool) -> String {
             } else {
                 format!("; tied: {}", best.tied.join(", "))
             };
+            let worse: Vec<String> = (report.rows.iter())
+                .filter(|row| row.axes == best.axes && hurts(report, row))
+                .map(label)
+                .collect();
+            let ties = match worse.is_empty() {
+                true => ties,
+                false => format!("{ties}; worse than scratch: {}", worse.join(", ")),
+            };
             let _ = writeln!(
                 out,
                 "{}{}: {} {:.4}{ties}",
@@ -353,7 +369,95 @@ fn text(report: &Report, markdown: bool) -> String {
             );
         }
     }
+    let verdicts = verdicts(report);
+    if !verdicts.is_empty() {
+        let _ = writeln!(out, "{}against scratch:", if markdown { "\n" } else { "" });
+        for verdict in verdicts {
+            let _ = writeln!(out, "{}{verdict}", if markdown { "- " } else { "  " });
+        }
+    }
     out
+}
+
+/// What the stars mean under the report's correction.
+fn star(report: &Report) -> String {
+    let tested = report.rows.iter().filter(|r| r.gain_p.is_some()).count();
+    match report.correction {
+        _ if tested == 0 => "differs from zero (no gain here has two seeds to test)".into(),
+        Correction::Holm => format!(
+            "differs from zero at 5% by a paired t-test, Holm-corrected over the {tested} gains (`--correction none`: each interval alone)"
+        ),
+        Correction::None => "its 95% interval excludes zero (uncorrected for the number of gains: `--correction holm` corrects)".into(),
+    }
+}
+
+/// Whether a row is significantly worse than the baseline it is paired with.
+fn hurts(report: &Report, row: &Row) -> bool {
+    row.gain_significant && row.gain.is_some_and(|g| hurts_direction(report, g.mean))
+}
+
+/// Whether a gain of this sign is a loss for the report's metric.
+fn hurts_direction(report: &Report, gain: f64) -> bool {
+    match report.metric.higher_is_better() {
+        true => gain < 0.0,
+        false => gain > 0.0,
+    }
+}
+
+fn label(row: &Row) -> String {
+    format!(
+        "{} t={} f={}",
+        row.strategy, row.transfer_depth, row.freeze_depth
+    )
+}
+
+/// One line per gain that is not a clear win: negative transfer said plainly, and gains too
+/// uncertain to tell, with about how many seeds would tell a difference of their size.
+fn verdicts(report: &Report) -> Vec<String> {
+    let interval = |g: &Summary| match g.interval() {
+        Some((low, high)) => format!("{:+.4}, 95% CI {low:+.4}..{high:+.4}", g.mean),
+        None => format!("{:+.4}", g.mean),
+    };
+    let mut lines = Vec::new();
+    for row in &report.rows {
+        let (Some(g), Some(_)) = (row.gain, row.gain_p) else {
+            continue;
+        };
+        let at = setting(&report.axes, &row.axes);
+        if hurts(report, row) {
+            let instead = match row.strategy.name() {
+                "finetune" => "train from scratch instead",
+                _ => "train from scratch or fine-tune instead",
+            };
+            lines.push(format!(
+                "{} hurts at {at} ({}): {instead}",
+                label(row),
+                interval(&g)
+            ));
+        } else if !row.gain_significant && g.excludes_zero() {
+            let tested = report.rows.iter().filter(|r| r.gain_p.is_some()).count();
+            lines.push(format!(
+                "{} at {at}: {} than scratch on its own ({}), not after Holm's correction over the {tested} gains: more seeds would settle it",
+                label(row),
+                if hurts_direction(report, g.mean) { "worse" } else { "better" },
+                interval(&g)
+            ));
+        } else if !row.gain_significant {
+            let more = match g.values_to_resolve() {
+                Some(n) => format!(
+                    "about {n} seeds would resolve a difference of this size (now {})",
+                    g.n
+                ),
+                None => "a difference this small would need more than 1000 seeds".into(),
+            };
+            lines.push(format!(
+                "{} at {at}: no detectable difference ({}); {more}",
+                label(row),
+                interval(&g)
+            ));
+        }
+    }
+    lines
 }
 
 #[cfg(test)]

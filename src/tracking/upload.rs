@@ -26,7 +26,12 @@ pub struct Report {
 impl Report {
     /// The report of a plan's records.
     pub fn of(plan: &Plan, records: &[TrialRecord]) -> Self {
-        let built = report::build(plan, records, report::Metric::Accuracy);
+        let built = report::build(
+            plan,
+            records,
+            report::Metric::Accuracy,
+            report::Correction::Holm,
+        );
         Report {
             markdown: report::render(&built, Format::Md),
             json: report::render(&built, Format::Json),
