@@ -148,6 +148,14 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
     git(&["commit", "-q", "-m", "spec"]);
     let commit = git(&["rev-parse", "HEAD"]);
     let set = format!("--set=tracking.mlflow.experiment={experiment}");
+    // Estimates made before the sweep go to its parent run with the report.
+    let estimated = test.run(&["estimate", "spec.yaml", &set, "--device", "cpu"]);
+    assert_eq!(estimated.code, 0, "{}", estimated.stderr);
+    assert!(
+        estimated.stderr.contains("MLflow: they go to"),
+        "{}",
+        estimated.stderr
+    );
     // A loss at every one of 1200 steps: more metrics than one log-batch call may carry.
     let ran = test.run(&[
         "run",
@@ -180,12 +188,15 @@ fn a_sweep_is_a_parent_run_with_one_nested_run_per_trial() {
     }
     assert_eq!(
         api.artifacts(&parent.id()),
-        ["report.json", "report.md", "spec.yaml"]
+        ["estimates.json", "report.json", "report.md", "spec.yaml"]
     );
+    let estimates = api.artifact(&parent, "estimates.json");
+    assert!(estimates.contains("\"logme\""), "{estimates}");
     let spec = api.artifact(&parent, "spec.yaml");
     assert!(spec.contains(&experiment), "the resolved spec: {spec}");
     let report = api.artifact(&parent, "report.md");
     assert!(report.contains("| finetune"), "{report}");
+    assert!(report.contains("Kendall's tau"), "{report}");
 
     // The token went to the server only: not to the store, the output, or the server's data.
     let search = serde_json::to_string(

@@ -130,6 +130,11 @@ fn execute(command: Command) -> Result<u8, Error> {
                 "estimates written to {}",
                 written.root().join(xferlab::estimate::FILE).display()
             );
+            if Target::of(&experiment.loaded.spec).is_some() {
+                eprintln!(
+                    "MLflow: they go to the sweep's parent run (estimates.json, and beside the measured accuracies in report.md) when the sweep runs, or with `xferlab sync`"
+                );
+            }
             Ok(exit::SUCCESS)
         }
         Command::Submit {

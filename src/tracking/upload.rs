@@ -11,6 +11,7 @@ use super::mapping::{
 };
 use super::mlflow::{Client, ClientError, Run, TrackingError};
 use super::{SweepStatus, Target};
+use crate::estimate::Estimates;
 use crate::plan::{Plan, hex};
 use crate::report::{self, Format};
 use crate::store::{RunStore, SweepIdentity, TrialRecord};
@@ -24,16 +25,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report of a plan's records.
-    pub fn of(plan: &Plan, records: &[TrialRecord]) -> Self {
+    /// The report of a plan's records, with the estimates set beside them when there are
+    /// some.
+    pub fn of(plan: &Plan, records: &[TrialRecord], estimates: Option<&Estimates>) -> Self {
         let built = report::build(
             plan,
             records,
             report::Metric::Accuracy,
             report::Correction::Holm,
         );
+        let compared = estimates.and_then(|e| crate::estimate::compare(&built, e));
         Report {
-            markdown: report::render(&built, Format::Md),
+            markdown: report::render(&built, Format::Md) + compared.as_deref().unwrap_or(""),
             json: report::render(&built, Format::Json),
         }
     }
@@ -189,8 +192,13 @@ impl<'a> Uploader<'a> {
         let _lock = self.store.lock_tracking()?;
         let records = self.store.records(plan)?;
         let status = SweepStatus::of(plan, &records, interrupted);
-        let report = Report::of(plan, &records);
+        let estimates = self.store.estimates()?;
+        let report = Report::of(plan, &records, estimates.as_ref());
         let info = &self.parent.info;
+        if let Some(estimates) = &estimates {
+            let json = serde_json::to_vec_pretty(estimates).expect("estimates serialise");
+            self.client.upload(info, crate::estimate::FILE, json)?;
+        }
         self.client
             .upload(info, "report.md", report.markdown.into_bytes())?;
         self.client
