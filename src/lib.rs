@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: spec → plan → runner → train → store → report.
 
+pub mod auto_depth;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -118,6 +118,9 @@ pub struct TrialRecord {
     /// Parameters the optimizer trained (the head's included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable_parameters: Option<usize>,
+    /// `auto_depth`: the depth chosen and how (its rungs); `freeze_depth` is the chosen one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_depth: Option<crate::auto_depth::AutoDepth>,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced, then renamed.

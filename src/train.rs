@@ -57,7 +57,12 @@ pub struct EarlyStop {
 /// Early stopping's split of the training examples (`targets`): of each class, round(holdout
 /// x its count) examples, at most all but one, chosen by a seeded shuffle, validate; the rest
 /// train. Both lists ascending.
-fn holdout(targets: &[u32], classes: usize, fraction: f64, seed: u64) -> (Vec<u32>, Vec<u32>) {
+pub(crate) fn holdout(
+    targets: &[u32],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<u32>, Vec<u32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut train, mut validate) = (Vec::new(), Vec::new());
     for class in 0..classes as u32 {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+use crate::auto_depth::{self, AutoDepth, Rung};
 use crate::data::{Batchable, Catalog};
 use crate::error::{Error, InputError, Result};
 use crate::features::{self, FeatureCache, Features};
@@ -64,6 +65,7 @@ pub fn run(trial: &Trial, context: &Context) -> Result<TrialRecord> {
         config: trial.config.clone(),
         early_stopping: None,
         trainable_parameters: None,
+        auto_depth: None,
     };
     match train_and_evaluate(trial, context, &mut record) {
         Ok(()) => Ok(record),
@@ -88,7 +90,7 @@ struct TargetData {
 
 fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord) -> Result<()> {
     let started = Instant::now();
-    let config = &trial.config;
+    let mut config = &trial.config;
     let (catalog, device) = (context.catalog, context.device);
     let data = TargetData {
         train: catalog.select(
@@ -104,6 +106,16 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
             device,
         )?,
     };
+    let chosen;
+    if config.auto_depth {
+        let search = choose_depth(config, context, &data, record)?;
+        let mut at = config.clone();
+        at.freeze_depth = search.chosen;
+        record.freeze_depth = search.chosen;
+        record.auto_depth = Some(search);
+        chosen = at;
+        config = &chosen;
+    }
     let input = catalog.input(&config.target.train.dataset)?;
     let (classes, seed) = (data.train.classes, derive_seed(config.seed, "init"));
     let net = match (config.adapter, config.train.lora) {
@@ -169,6 +181,83 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
     }
     record.status = Status::Finished;
     Ok(())
+}
+
+/// `auto_depth`: successive halving over the freeze depths 0..L (see [`crate::auto_depth`]):
+/// every candidate starts from the same weights, trains on most of the training examples and
+/// is scored on a seeded fifth of each class held out; the chosen depth's search is returned.
+fn choose_depth(
+    config: &TrialConfig,
+    context: &Context,
+    data: &TargetData,
+    record: &mut TrialRecord,
+) -> Result<AutoDepth> {
+    let targets = data.train.targets.to_vec1::<u32>()?;
+    let seed = derive_seed(config.seed, "auto_depth");
+    let (kept, held) = train::holdout(&targets, data.train.classes, auto_depth::HOLDOUT, seed);
+    if held.is_empty() {
+        return Err(InputError::new(format!(
+            "auto_depth scores depths on a fifth of each class's training examples, and {} examples leave none",
+            targets.len()
+        ))
+        .with_help("give auto_depth at least 3 training examples per class (target.train.per_class)")
+        .into());
+    }
+    let search = TargetData {
+        train: data.train.subset(&kept)?,
+        eval: data.train.subset(&held)?,
+    };
+    let input = context.catalog.input(&config.target.train.dataset)?;
+    let budget = train::step_count(&config.train, targets.len());
+    let mut candidates: Vec<usize> = (0..=crate::model::block_count(&config.model)).collect();
+    let (mut rungs, mut total) = (Vec::new(), budget);
+    for steps in auto_depth::rung_steps(candidates.len(), budget) {
+        let mut scores = Vec::new();
+        for &depth in &candidates {
+            let mut probe = config.clone();
+            probe.freeze_depth = depth;
+            // Both parts are images of the train split: their cached features are keyed so.
+            probe.target.eval = probe.target.train.clone();
+            probe.train.steps = Some(steps);
+            probe.train.epochs = None;
+            probe.train.early_stopping = None;
+            let init = derive_seed(config.seed, "init");
+            let net = Network::new(
+                &probe.model,
+                input,
+                data.train.classes,
+                init,
+                context.device,
+            )?;
+            let (features, held_features) = transfer(&probe, context, &net, &search, record)?;
+            let fit = train::fit(
+                &net,
+                &search.train,
+                features.as_ref(),
+                &probe.train,
+                (depth, None),
+                derive_seed(config.seed, "batches"),
+            )?;
+            let accuracy = match fit {
+                Fit::Done(..) => {
+                    train::evaluate(&net, &search.eval, held_features.as_ref(), depth)?.accuracy
+                }
+                // A candidate whose loss diverged scores nothing.
+                Fit::Diverged { .. } => 0.0,
+                Fit::Interrupted { .. } => return Err(Error::Interrupted),
+            };
+            scores.push((depth, accuracy));
+            total += steps;
+        }
+        candidates = auto_depth::survivors(&scores);
+        rungs.push(Rung { steps, scores });
+    }
+    Ok(AutoDepth {
+        chosen: candidates[0],
+        rungs,
+        total_steps: total,
+        holdout_examples: held.len(),
+    })
 }
 
 /// Copies blocks 1..t from the source model into `net`, and returns the frozen prefix's

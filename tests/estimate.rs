@@ -1,6 +1,7 @@
 //! `xferlab estimate` on the quickstart's task: a score per candidate depth before training,
 //! written to the store; after the sweep, `report` puts each beside the accuracy measured at
-//! that depth with Kendall's tau. A sweep with nothing transferred has nothing to estimate.
+//! that depth with Kendall's tau; a sweep with nothing transferred has nothing to estimate.
+//! And the `auto_depth` strategy, which chooses the depth itself.
 
 mod common;
 
@@ -88,4 +89,73 @@ fn a_sweep_that_transfers_nothing_has_nothing_to_estimate() {
         ran.stderr
     );
     assert!(!test.join("runs/quickstart/estimates.json").exists());
+}
+
+/// `auto_depth` chooses each trial's freeze depth by successive halving on held-out training
+/// examples: its record keeps every rung, the steps spent and the chosen depth, a rerun
+/// chooses the same, and the report shows `auto` with each seed's choice.
+#[test]
+fn auto_depth_chooses_a_depth_by_successive_halving() {
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/quickstart.yaml");
+    let test = Test::new();
+    let mut args = vec![
+        "run",
+        spec,
+        "--set",
+        "strategies=[scratch, auto_depth]",
+        "--set",
+        "sweep.seed=[0, 1]",
+    ];
+    args.extend([
+        "--set",
+        "sweep.target.train.per_class=[20]",
+        "--set",
+        "train.steps=40",
+    ]);
+    let ran = test.run(&args);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.stdout.contains("auto_depth chose:"), "{}", ran.stdout);
+    let records = test.records("quickstart");
+    let auto: Vec<&serde_json::Value> = records
+        .values()
+        .filter(|r| r["config"]["auto_depth"] == true)
+        .collect();
+    assert_eq!(auto.len(), 2);
+    for record in &auto {
+        let search = &record["auto_depth"];
+        let rungs = search["rungs"].as_array().unwrap();
+        // mlp of 3 blocks: f = 0..3 are 4 candidates, 2 rungs of 10 and 20 steps (4, then 2).
+        let steps: Vec<u64> = rungs.iter().map(|r| r["steps"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [10, 20]);
+        let tried = |r: usize| rungs[r]["scores"].as_array().unwrap().len();
+        assert_eq!((tried(0), tried(1)), (4, 2));
+        assert_eq!(search["total_steps"], 4 * 10 + 2 * 20 + 40);
+        // The survivor of the last rung is the chosen depth, and the record's freeze depth.
+        let last: Vec<(u64, f64)> = (rungs[1]["scores"].as_array().unwrap().iter())
+            .map(|s| (s[0].as_u64().unwrap(), s[1].as_f64().unwrap()))
+            .collect();
+        let best = last
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+            .unwrap();
+        assert_eq!(search["chosen"], best.0);
+        assert_eq!(record["freeze_depth"], best.0);
+        assert_eq!(
+            search["holdout_examples"], 20,
+            "a fifth of 20 per class, 5 classes"
+        );
+    }
+    // Run again into another store: the same choices, the same accuracies.
+    let mut again = args.clone();
+    again.extend(["--store", "again"]);
+    let ran = test.run(&again);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let store = std::fs::read_dir(test.join("again/quickstart/trials")).unwrap();
+    for entry in store {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        let first = &records[record["id"].as_str().unwrap()];
+        assert_eq!(record["auto_depth"], first["auto_depth"]);
+        assert_eq!(record["eval"]["accuracy"], first["eval"]["accuracy"]);
+    }
 }

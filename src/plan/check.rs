@@ -159,6 +159,17 @@ pub fn check(spec: &Spec, catalog: &Catalog, at: Locate) -> Result<(), InputErro
             StrategyEntry::Named(_) => {}
         }
     }
+    let auto =
+        (spec.strategies.iter()).position(|e| *e == StrategyEntry::Named(Strategy::AutoDepth));
+    if let (Some(i), Some(per_class)) = (auto, spec.target.train.per_class)
+        && per_class < 3
+    {
+        return Err(at(
+            "target.train.per_class",
+            format!("auto_depth (strategies.{i}) holds out a fifth of each class's training examples to choose the depth, and per_class {per_class} leaves none"),
+        )
+        .with_help("give auto_depth at least 3 examples per class"));
+    }
     let gradual = (spec.strategies.iter())
         .position(|e| *e == StrategyEntry::Named(Strategy::GradualUnfreeze));
     match (gradual, spec.train.unfreeze_every) {

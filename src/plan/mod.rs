@@ -45,6 +45,9 @@ pub struct TrialConfig {
     /// Blocks above f train only what the adapter trains (absent: all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<Adapter>,
+    /// `auto_depth`: the trial chooses its freeze depth (`freeze_depth` is 0 until then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_depth: bool,
 }
 
 impl TrialConfig {
@@ -255,6 +258,8 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
             let label = StrategyLabel::of(entry);
             let mut config = trial_config(&point, t, f);
             config.adapter = adapter;
+            config.auto_depth = *entry == StrategyEntry::Named(Strategy::AutoDepth);
+            config.auto_depth = *entry == StrategyEntry::Named(Strategy::AutoDepth);
             if *entry != StrategyEntry::Named(Strategy::GradualUnfreeze) {
                 config.train.unfreeze_every = None;
             }
@@ -320,6 +325,7 @@ fn trial_config(point: &Spec, t: usize, f: usize) -> TrialConfig {
         transfer_depth: t,
         freeze_depth: f,
         adapter: None,
+        auto_depth: false,
     }
 }
 

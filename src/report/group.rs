@@ -42,6 +42,9 @@ pub struct Row {
     /// The metric minus the baseline's, paired by seed (same data subset, same everything but
     /// the strategy), over the seeds both finished.
     pub gain: Option<Summary>,
+    /// `auto_depth`: the freeze depth each seed's trial chose.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub chosen: BTreeMap<u64, usize>,
     /// The gain's paired t-test p-value, adjusted by the report's correction.
     pub gain_p: Option<f64>,
     /// Whether the gain differs from zero at the 5% level after that correction.
@@ -69,6 +72,7 @@ impl Row {
             loss_mean: None,
             trainable_parameters: None,
             gain: None,
+            chosen: BTreeMap::new(),
             gain_p: None,
             gain_significant: false,
             by_seed: BTreeMap::new(),
@@ -80,8 +84,18 @@ impl Row {
     pub fn label(&self) -> String {
         format!(
             "{} t={} f={}",
-            self.strategy, self.transfer_depth, self.freeze_depth
+            self.strategy,
+            self.transfer_depth,
+            self.freeze_cell()
         )
+    }
+
+    /// The freeze depth as tables show it: `auto` where each trial chose its own.
+    pub fn freeze_cell(&self) -> String {
+        match self.strategy {
+            StrategyLabel::Named(Strategy::AutoDepth) => "auto".into(),
+            _ => self.freeze_depth.to_string(),
+        }
     }
 
     /// Whether this row is a baseline, which other rows' gains are measured against and
@@ -283,6 +297,9 @@ pub fn build(
                     let eval = r.eval.as_ref().expect("finished trials have an evaluation");
                     row.count += 1;
                     row.trainable_parameters = row.trainable_parameters.or(r.trainable_parameters);
+                    if let Some(search) = &r.auto_depth {
+                        row.chosen.insert(trial.config.seed, search.chosen);
+                    }
                     if let Some(value) = metric.of(eval) {
                         row.by_seed.insert(trial.config.seed, value);
                         row.trial_ids.insert(trial.config.seed, r.id.clone());

@@ -79,7 +79,7 @@ fn row_key_cells(row: &Row) -> Vec<String> {
     let mut cells = vec![
         row.strategy.to_string(),
         row.transfer_depth.to_string(),
-        row.freeze_depth.to_string(),
+        row.freeze_cell(),
     ];
     cells.extend(row.axes.iter().map(cell));
     cells
@@ -353,7 +353,7 @@ fn text(report: &Report, markdown: bool) -> String {
             };
             let worse: Vec<String> = (report.rows.iter())
                 .filter(|row| row.axes == best.axes && hurts(report, row))
-                .map(label)
+                .map(Row::label)
                 .collect();
             let ties = match worse.is_empty() {
                 true => ties,
@@ -367,6 +367,21 @@ fn text(report: &Report, markdown: bool) -> String {
                 best.best,
                 best.value.mean,
             );
+        }
+    }
+    let chosen: Vec<String> = (report.rows.iter())
+        .filter(|row| !row.chosen.is_empty())
+        .map(|row| {
+            let seeds: Vec<String> = (row.chosen.iter())
+                .map(|(seed, f)| format!("f={f} (seed {seed})"))
+                .collect();
+            format!("{}: {}", setting(&report.axes, &row.axes), seeds.join(", "))
+        })
+        .collect();
+    if !chosen.is_empty() {
+        let _ = writeln!(out, "{}auto_depth chose:", if markdown { "\n" } else { "" });
+        for line in chosen {
+            let _ = writeln!(out, "{}{line}", if markdown { "- " } else { "  " });
         }
     }
     let verdicts = verdicts(report);
@@ -404,13 +419,6 @@ fn hurts_direction(report: &Report, gain: f64) -> bool {
     }
 }
 
-fn label(row: &Row) -> String {
-    format!(
-        "{} t={} f={}",
-        row.strategy, row.transfer_depth, row.freeze_depth
-    )
-}
-
 /// One line per gain that is not a clear win: negative transfer said plainly, and gains too
 /// uncertain to tell, with about how many seeds would tell a difference of their size.
 fn verdicts(report: &Report) -> Vec<String> {
@@ -431,14 +439,14 @@ fn verdicts(report: &Report) -> Vec<String> {
             };
             lines.push(format!(
                 "{} hurts at {at} ({}): {instead}",
-                label(row),
+                row.label(),
                 interval(&g)
             ));
         } else if !row.gain_significant && g.excludes_zero() {
             let tested = report.rows.iter().filter(|r| r.gain_p.is_some()).count();
             lines.push(format!(
                 "{} at {at}: {} than scratch on its own ({}), not after Holm's correction over the {tested} gains: more seeds would settle it",
-                label(row),
+                row.label(),
                 if hurts_direction(report, g.mean) { "worse" } else { "better" },
                 interval(&g)
             ));
@@ -452,7 +460,7 @@ fn verdicts(report: &Report) -> Vec<String> {
             };
             lines.push(format!(
                 "{} at {at}: no detectable difference ({}); {more}",
-                label(row),
+                row.label(),
                 interval(&g)
             ));
         }

@@ -569,6 +569,9 @@ pub enum Strategy {
     /// t = L, f = 0 with `adapter: lora`: every transferred block's linear layers and 1x1
     /// convolutions learn a low-rank update (`train.lora`), their weights frozen.
     Lora,
+    /// t = L, f chosen by the trial itself: successive halving over f = 0..L on a held-out
+    /// fifth of the training examples, then the chosen depth trained with the full budget.
+    AutoDepth,
 }
 
 /// A parameter-efficient way to train the blocks above the freeze depth: only some of their
@@ -614,6 +617,8 @@ impl Strategy {
             Strategy::PrefixFrozen => (freeze_depth, freeze_depth),
             Strategy::PrefixFinetune => (freeze_depth, 0),
             Strategy::Bitfit | Strategy::Lora => (blocks, 0),
+            // f = 0 stands in until the trial has chosen.
+            Strategy::AutoDepth => (blocks, 0),
             Strategy::GradualUnfreeze => (blocks, freeze_depth),
         }
     }
@@ -747,7 +752,7 @@ mod tests {
 
     #[test]
     fn strategy_names_are_serdes_spelling() {
-        assert_eq!(Strategy::names().len(), 9);
+        assert_eq!(Strategy::names().len(), 10);
         for name in Strategy::names() {
             let strategy: Strategy = serde_json::from_value(serde_json::json!(name)).unwrap();
             assert_eq!(strategy.name(), *name);
