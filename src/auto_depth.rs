@@ -65,7 +65,7 @@ mod tests {
         assert_eq!(rung_steps(1, 10), Vec::<usize>::new());
         assert_eq!(rung_steps(9, 4), [1, 1, 1, 2], "never fewer than one step");
         // The candidates left after each rung: 6 -> 3 -> 2 -> 1.
-        let mut left = 6;
+        let mut left = 6_usize;
         for _ in rung_steps(6, 400) {
             left = left.div_ceil(2);
         }
