@@ -7,21 +7,18 @@ mod common;
 use common::{Test, write_folder};
 use serde_json::Value;
 
-const SPEC: &str = "name: photos
-datasets:
-  photos: {format: image_folder, dir: photos, image_size: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
-  glyphs: {format: generated, image_size: 32, channels: 3, generated: {train_per_class: 60, test_per_class: 10}}
-model: {arch: cnn6}
-source:
-  pretrain:
-    data: {dataset: glyphs, classes: [0, 1, 2, 3, 4, 5]}
-    train: {steps: 30, batch_size: 32, lr: 1.0e-3}
-target:
-  train: {dataset: photos, classes: [0, 1, 2], per_class: 6}
-  eval: {dataset: photos, split: test, classes: [0, 1, 2]}
-train: {steps: 20, batch_size: 9, lr: 1.0e-2, lora: {rank: 4, alpha: 8}}
-strategies: [scratch, lora]
-";
+/// The photo sweep with LoRA beside scratch, at a rate that trains in 20 steps.
+fn spec() -> String {
+    common::PHOTO_SWEEP
+        .replace(
+            "train: {steps: 20, batch_size: 9, lr: 1.0e-3}",
+            "train: {steps: 20, batch_size: 9, lr: 1.0e-2, lora: {rank: 4, alpha: 8}}",
+        )
+        .replace(
+            "strategies: [scratch, transfer, finetune]",
+            "strategies: [scratch, lora]",
+        )
+}
 
 fn json(path: &std::path::Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -64,7 +61,7 @@ fn accuracy_of_predictions(test: &Test, model: &str) -> f64 {
 
 #[test]
 fn an_exported_trial_predicts_as_it_was_evaluated() {
-    let test = Test::new().file("spec.yaml", SPEC);
+    let test = Test::new().file("spec.yaml", spec());
     write_folder(&test.join("photos"), 6);
     let ran = test.run(&["run", "spec.yaml", "--device", "cpu"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
@@ -189,7 +186,7 @@ fn an_exported_trial_predicts_as_it_was_evaluated() {
 #[test]
 fn a_failed_or_missing_trial_is_not_exported() {
     // A learning rate that makes the loss infinite: the trial fails, and is recorded so.
-    let spec = SPEC.replace("lr: 1.0e-2,", "lr: 1.0e+30,");
+    let spec = spec().replace("lr: 1.0e-2,", "lr: 1.0e+30,");
     let test = Test::new().file("spec.yaml", spec);
     write_folder(&test.join("photos"), 6);
     let ran = test.run(&["run", "spec.yaml", "--device", "cpu", "--trial", "0"]);

@@ -5,23 +5,7 @@
 
 mod common;
 
-use common::{Test, write_folder};
-
-const SPEC: &str = "name: photos
-datasets:
-  photos: {format: image_folder, dir: photos, image_size: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
-  glyphs: {format: generated, image_size: 32, channels: 3, generated: {train_per_class: 60, test_per_class: 10}}
-model: {arch: cnn6}
-source:
-  pretrain:
-    data: {dataset: glyphs, classes: [0, 1, 2, 3, 4, 5]}
-    train: {steps: 30, batch_size: 32, lr: 1.0e-3}
-target:
-  train: {dataset: photos, classes: [0, 1, 2], per_class: 6}
-  eval: {dataset: photos, split: test, classes: [0, 1, 2]}
-train: {steps: 20, batch_size: 9, lr: 1.0e-3}
-strategies: [scratch, transfer, finetune]
-";
+use common::{PHOTO_SWEEP as SPEC, Test, write_folder};
 
 #[test]
 fn a_sweep_trains_on_an_image_folder_of_real_photos() {

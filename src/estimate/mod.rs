@@ -327,15 +327,11 @@ pub fn by_setting(estimates: &Estimates) -> Vec<Group> {
     groups
 }
 
-/// `per_class=10 lr=0.01`, or `all` with no axes.
-pub fn setting_name(setting: &BTreeMap<String, Value>) -> String {
-    if setting.is_empty() {
-        return "all".into();
-    }
-    let parts: Vec<String> = (setting.iter())
-        .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
-        .collect();
-    parts.join(" ")
+/// The setting as the report names it: `per_class=10 lr=0.01`, or `all` with no axes.
+fn setting_name(setting: &BTreeMap<String, Value>) -> String {
+    let (axes, values): (Vec<String>, Vec<Value>) =
+        setting.iter().map(|(k, v)| (k.clone(), v.clone())).unzip();
+    crate::report::setting(&axes, &values)
 }
 
 /// Each depth's estimate beside the accuracy the sweep measured there, per setting, with

@@ -52,7 +52,7 @@ fn half_width(summary: Option<Summary>) -> String {
 }
 
 /// `per_class=5 lr=0.01`, or `all` when nothing is swept.
-pub(super) fn setting(axes: &[String], values: &[Value]) -> String {
+pub(crate) fn setting(axes: &[String], values: &[Value]) -> String {
     let parts: Vec<String> = axes
         .iter()
         .zip(values)

@@ -53,6 +53,23 @@ pub fn write_folder(root: &Path, per_split: u32) {
     }
 }
 
+/// A sweep on the folder `write_folder` makes under `photos`, from glyphs resized to RGB.
+pub const PHOTO_SWEEP: &str = "name: photos
+datasets:
+  photos: {format: image_folder, dir: photos, image_size: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+  glyphs: {format: generated, image_size: 32, channels: 3, generated: {train_per_class: 60, test_per_class: 10}}
+model: {arch: cnn6}
+source:
+  pretrain:
+    data: {dataset: glyphs, classes: [0, 1, 2, 3, 4, 5]}
+    train: {steps: 30, batch_size: 32, lr: 1.0e-3}
+target:
+  train: {dataset: photos, classes: [0, 1, 2], per_class: 6}
+  eval: {dataset: photos, split: test, classes: [0, 1, 2]}
+train: {steps: 20, batch_size: 9, lr: 1.0e-3}
+strategies: [scratch, transfer, finetune]
+";
+
 /// The xferlab binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_xferlab")
