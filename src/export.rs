@@ -274,7 +274,8 @@ pub fn export(
                 .map(|l| l.name().to_string())
                 .collect(),
             transfer_depth: config.transfer_depth,
-            freeze_depth: config.freeze_depth,
+            // The record's: an auto_depth trial's chosen depth.
+            freeze_depth: record.freeze_depth,
             adapter: config.adapter,
             source: record.source.clone(),
             axes: trial.axes.clone(),

@@ -11,8 +11,8 @@ mod stats;
 
 pub use group::{Best, Correction, Metric, Report, Row, baseline_of, build, settings};
 pub use publish::publish;
-pub use render::{Format, check_comparison, compare, render};
 pub(crate) use render::setting;
+pub use render::{Format, check_comparison, compare, render};
 pub use stats::Summary;
 
 use render::{cell, short};
