@@ -75,6 +75,20 @@ fn estimates_rank_depths_before_training_and_the_report_checks_them() {
         .collect();
     assert_eq!(taus.len(), 2, "{}", report.stdout);
     assert!(taus.iter().all(|t| (-1.0..=1.0).contains(t)), "{taus:?}");
+    // A damaged estimates file costs the comparison, with a warning, not the report.
+    std::fs::write(&file, "{\"broken").unwrap();
+    let report = test.run(&["report", "runs/quickstart"]);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    assert!(
+        !report.stdout.contains("estimate vs measured"),
+        "{}",
+        report.stdout
+    );
+    assert!(
+        report.stderr.contains("estimates.json") && report.stderr.contains("writes it again"),
+        "{}",
+        report.stderr
+    );
 }
 
 #[test]

@@ -258,7 +258,12 @@ fn execute(command: Command) -> Result<u8, Error> {
             }
             let (run_store, plan, records, built) = &sweeps[0];
             print!("{}", report::render(built, format));
-            if let (Format::Table | Format::Md, Some(estimates)) = (format, run_store.estimates()?)
+            // Estimates are an extra: a damaged file is a warning, not a failed report.
+            let estimates = run_store.estimates().unwrap_or_else(|e| {
+                eprintln!("warning: {e}; `xferlab estimate SPEC` writes it again");
+                None
+            });
+            if let (Format::Table | Format::Md, Some(estimates)) = (format, estimates)
                 && let Some(compared) = xferlab::estimate::compare(built, &estimates)
             {
                 print!("{compared}");

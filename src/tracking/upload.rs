@@ -192,7 +192,8 @@ impl<'a> Uploader<'a> {
         let _lock = self.store.lock_tracking()?;
         let records = self.store.records(plan)?;
         let status = SweepStatus::of(plan, &records, interrupted);
-        let estimates = self.store.estimates()?;
+        // A damaged estimates file does not keep the report from the server.
+        let estimates = self.store.estimates().unwrap_or(None);
         let report = Report::of(plan, &records, estimates.as_ref());
         let info = &self.parent.info;
         if let Some(estimates) = &estimates {
