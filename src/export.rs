@@ -23,7 +23,7 @@ use crate::model::Network;
 use crate::plan::{Plan, Trial, derive_seed};
 use crate::report::Metric;
 use crate::runner::{self, RunOptions};
-use crate::spec::{Adapter, DataSelection, ModelSpec, Split};
+use crate::spec::{Adapter, DataSelection, ModelSpec};
 use crate::store::{RunStore, Status, TrialRecord};
 use crate::train::Evaluation;
 
@@ -133,7 +133,7 @@ pub fn choose<'a>(
                 (None, Some(record)) => Err(InputError::new(format!(
                     "trial {} {}: there is no trained model to export{}",
                     trial.id,
-                    status_name(record.status),
+                    record.status.name(),
                     record
                         .error
                         .as_ref()
@@ -362,7 +362,7 @@ fn retrain(store: &RunStore, trial: &Trial, device: &Device) -> Result<HashMap<S
             return Err(InputError::new(format!(
                 "retraining trial {} {}: {}",
                 trial.id,
-                status_name(record.status),
+                record.status.name(),
                 record.error.unwrap_or_default()
             ))
             .into());
@@ -436,7 +436,7 @@ fn card(exported: &Exported, config: &crate::plan::TrialConfig) -> String {
         format!(
             "`{}` {} split, classes {classes}{per}",
             d.dataset,
-            split_name(d.split)
+            d.split.name()
         )
     };
     let _ = writeln!(s, "| trained on | {} |", selection(&config.target.train));
@@ -483,17 +483,6 @@ fn card(exported: &Exported, config: &crate::plan::TrialConfig) -> String {
         "Predict: `xferlab predict DIR INPUTS...` (see `xferlab predict --help`). The whole trial config is the sweep's `plan.json` entry for this id."
     );
     s
-}
-
-fn split_name(split: Split) -> &'static str {
-    split.name()
-}
-
-fn status_name(status: Status) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// One input's most probable classes.

@@ -35,6 +35,17 @@ pub enum Status {
     Interrupted,
 }
 
+impl Status {
+    /// The name records spell it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Finished => "finished",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
 impl SweepIdentity {
     /// A new identity, now.
     pub fn new(git_commit: Option<String>) -> Self {
