@@ -6,7 +6,9 @@
 //! examples is held out (never the eval data). Rung r of R = ceil(log2(L + 1)) trains every
 //! remaining candidate from the same start for `steps / 2^(R - r)` steps on the rest, scores
 //! it on the held-out examples and keeps the better half (ties: the deeper freeze, which is
-//! cheaper); the last one left trains for the full `steps` on every training example.
+//! cheaper); the last one left trains for the full `steps` on every training example. With
+//! `train.auto_depth: {order: logme}` LogME of the frozen features at each depth 1..L keeps the
+//! better half of them (and f = 0) before the first rung.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,9 @@ pub struct AutoDepth {
     pub total_steps: usize,
     /// Training examples held out to score the candidates.
     pub holdout_examples: usize,
+    /// With `order: logme`: each depth 1..L's LogME, which chose the first rung's candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logme: Option<Vec<(usize, f64)>>,
 }
 
 /// One rung of successive halving.

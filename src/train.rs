@@ -514,6 +514,7 @@ mod freezing_tests {
             early_stopping: None,
             unfreeze_every: None,
             lora: None,
+            auto_depth: None,
         };
         (net, data, train)
     }

@@ -15,7 +15,7 @@ use crate::features::{self, FeatureCache, Features};
 use crate::model::Network;
 use crate::plan::{Trial, TrialConfig, derive_seed};
 use crate::source::Sources;
-use crate::spec::{Adapter, DataSelection};
+use crate::spec::{Adapter, DataSelection, DepthOrder};
 use crate::store::{RunStore, Status, Timings, TrialRecord};
 use crate::train::{self, Fit};
 
@@ -209,7 +209,39 @@ fn choose_depth(
     };
     let input = context.catalog.input(&config.target.train.dataset)?;
     let budget = train::step_count(&config.train, targets.len());
-    let mut candidates: Vec<usize> = (0..=crate::model::block_count(&config.model)).collect();
+    let blocks = crate::model::block_count(&config.model);
+    let mut candidates: Vec<usize> = (0..=blocks).collect();
+    let mut logme = None;
+    if config.train.auto_depth.unwrap_or_default().order == DepthOrder::Logme {
+        // The source's blocks, all transferred, run once over the search's training part.
+        let mut probe = config.clone();
+        probe.freeze_depth = 0;
+        probe.target.eval = probe.target.train.clone();
+        let init = derive_seed(config.seed, "init");
+        let net = Network::new(
+            &probe.model,
+            input,
+            data.train.classes,
+            init,
+            context.device,
+        )?;
+        transfer(&probe, context, &net, &search, record)?;
+        let pooling = config.model.pooling.unwrap_or(crate::spec::Pooling::Cls);
+        let pooled = crate::estimate::pooled_features(&net, &search.train, pooling)?;
+        let labels = search.train.targets.to_vec1::<u32>()?;
+        let scores: Vec<(usize, f64)> = (pooled.iter().enumerate())
+            .map(|(i, f)| {
+                (
+                    i + 1,
+                    crate::estimate::score::logme(f, &labels, data.train.classes),
+                )
+            })
+            .collect();
+        candidates = auto_depth::survivors(&scores);
+        candidates.push(0);
+        candidates.sort_unstable();
+        logme = Some(scores);
+    }
     let (mut rungs, mut total) = (Vec::new(), budget);
     for steps in auto_depth::rung_steps(candidates.len(), budget) {
         let mut scores = Vec::new();
@@ -257,6 +289,7 @@ fn choose_depth(
         rungs,
         total_steps: total,
         holdout_examples: held.len(),
+        logme,
     })
 }
 

@@ -63,6 +63,7 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
         early_stopping: None,
         unfreeze_every: None,
         lora: None,
+        auto_depth: None,
     };
     let freeze_depth = 5;
     assert!(matches!(

@@ -159,6 +159,40 @@ fn auto_depth_chooses_a_depth_by_successive_halving() {
             "a fifth of 20 per class, 5 classes"
         );
     }
+    // Ordered by LogME: the better two of f = 1..3 and f = 0 start: 3 candidates, the same
+    // 2 rungs of 10 and 20 steps (3, then 2), 10 steps fewer.
+    let mut ordered = args.clone();
+    ordered.extend([
+        "--set",
+        "train.auto_depth={order: logme}",
+        "--store",
+        "ordered",
+    ]);
+    let ran = test.run(&ordered);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    for entry in std::fs::read_dir(test.join("ordered/quickstart/trials")).unwrap() {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        if record["config"]["auto_depth"] != true {
+            continue;
+        }
+        assert_eq!(record["config"]["train"]["auto_depth"]["order"], "logme");
+        let search = &record["auto_depth"];
+        let logme = search["logme"].as_array().unwrap();
+        assert_eq!(logme.len(), 3, "depths 1..3 scored: {search}");
+        let first: Vec<u64> = (search["rungs"][0]["scores"].as_array().unwrap().iter())
+            .map(|s| s[0].as_u64().unwrap())
+            .collect();
+        assert_eq!(first.len(), 3);
+        assert_eq!(first[0], 0, "f = 0 always starts");
+        // The depth LogME ranked last did not start.
+        let worst = (logme.iter())
+            .map(|s| (s[0].as_u64().unwrap(), s[1].as_f64().unwrap()))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+            .unwrap();
+        assert!(!first.contains(&worst.0), "{search}");
+        assert_eq!(search["total_steps"], 3 * 10 + 2 * 20 + 40);
+    }
     // Run again into another store: the same choices, the same accuracies.
     let mut again = args.clone();
     again.extend(["--store", "again"]);

@@ -150,7 +150,7 @@ pub fn estimate(
 
 /// The pooled output of every block 1..L for every example, as one matrix per depth: blocks
 /// run one at a time over batches of 256, in inference mode, as the feature cache runs them.
-fn pooled_features(
+pub(crate) fn pooled_features(
     net: &Network,
     data: &crate::data::Batchable,
     pooling: Pooling,

@@ -194,6 +194,7 @@ mod tests {
             early_stopping: None,
             unfreeze_every: None,
             lora: None,
+            auto_depth: None,
         };
         for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
             let vars: Vec<Var> = (0..2)

@@ -263,6 +263,10 @@ pub fn plan(loaded: &LoadedSpec, catalog: &Catalog) -> Result<Plan, InputError> 
             if *entry != StrategyEntry::Named(Strategy::GradualUnfreeze) {
                 config.train.unfreeze_every = None;
             }
+            config.train.auto_depth = match config.auto_depth {
+                true => Some(config.train.auto_depth.unwrap_or_default()),
+                false => None,
+            };
             // LoRA's settings, defaults written out, belong to LoRA's trials only.
             config.train.lora = match adapter {
                 Some(Adapter::Lora) => Some(config.train.lora.unwrap_or_default()),
@@ -444,7 +448,7 @@ sweep: {freeze_depth: [0, 1, 2, 3]}
         );
         let others = |plan: &Plan| -> Vec<String> {
             (plan.trials.iter())
-                .filter(|t| t.config.adapter.is_none())
+                .filter(|t| t.config.adapter.is_none() && !t.config.auto_depth)
                 .map(|t| t.id.clone())
                 .collect()
         };
@@ -458,6 +462,18 @@ sweep: {freeze_depth: [0, 1, 2, 3]}
             .filter_map(|t| t.config.train.lora.map(|l| l.rank))
             .collect();
         assert_eq!(ranks, [2, 2, 4, 4], "each rank for both LoRA entries");
+        // Likewise auto_depth's settings, in its trials only.
+        let five = spec.replace("per_class: 2", "per_class: 5");
+        let plan5 = plan_of(&five, &[]);
+        let auto = plan_of(
+            &five.replace("strategies: [lora,", "strategies: [auto_depth, lora,"),
+            &[],
+        );
+        for trial in &auto.trials {
+            let settings = trial.config.train.auto_depth;
+            assert_eq!(settings.is_some(), trial.config.auto_depth, "{}", trial.id);
+        }
+        assert_eq!(others(&auto), others(&plan5));
         assert_eq!(others(&swept), others(&plan));
     }
 

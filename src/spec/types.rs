@@ -407,6 +407,32 @@ pub struct TrainSpec {
     /// dropout; absent, the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSpec>,
+    /// For `auto_depth` trials (other trials leave it out): how the search starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_depth: Option<AutoDepthSpec>,
+}
+
+/// `train.auto_depth`: how `auto_depth` orders its candidate depths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoDepthSpec {
+    /// `halving` (default): every depth f = 0..L starts the first rung. `logme`: LogME of
+    /// the source's frozen features at each depth 1..L (on the training examples the search
+    /// trains on) ranks them first, and only the better half starts, with f = 0, which LogME
+    /// cannot score: a rung or more fewer.
+    #[serde(default)]
+    pub order: DepthOrder,
+}
+
+/// How `auto_depth` orders its candidates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DepthOrder {
+    /// Every candidate starts.
+    #[default]
+    Halving,
+    /// LogME keeps the better half of f = 1..L, and f = 0.
+    Logme,
 }
 
 /// LoRA's settings (`train.lora`, Hu et al., 2021): each eligible layer W above the freeze
