@@ -476,7 +476,7 @@ mod freezing_tests {
     use super::*;
     use crate::data::ImageShape;
     use crate::features::{FeatureCache, Key};
-    use crate::spec::{Arch, ModelSpec, OptimizerKind};
+    use crate::spec::{Arch, ModelSpec};
 
     fn setup(model: &ModelSpec, side: usize, examples: usize) -> (Network, Batchable, TrainSpec) {
         let shape = ImageShape {
@@ -499,23 +499,10 @@ mod freezing_tests {
             // Images in some order other than their rows in the cache.
             images: (0..examples as u32).rev().collect(),
         };
-        let train = TrainSpec {
-            steps: Some(20),
-            epochs: None,
-            batch_size: 8,
-            optimizer: OptimizerKind::Adam,
-            lr: 0.01,
-            weight_decay: None,
-            momentum: None,
-            log_every: 5,
-            schedule: None,
-            layer_lr_decay: None,
-            head_lr: None,
-            early_stopping: None,
-            unfreeze_every: None,
-            lora: None,
-            auto_depth: None,
-        };
+        let train = serde_yaml::from_str::<TrainSpec>(
+            "{steps: 20, batch_size: 8, optimizer: adam, lr: 0.01, log_every: 5}",
+        )
+        .unwrap();
         (net, data, train)
     }
 

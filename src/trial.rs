@@ -211,32 +211,23 @@ fn choose_depth(
     let budget = train::step_count(&config.train, targets.len());
     let blocks = crate::model::block_count(&config.model);
     let mut candidates: Vec<usize> = (0..=blocks).collect();
+    // A candidate: the trial's config at `depth`, scored on held-out images of the train split
+    // (their cached features are keyed so), and a network from the trial's own start.
+    let candidate = |depth: usize| -> Result<(TrialConfig, Network)> {
+        let mut probe = config.clone();
+        probe.freeze_depth = depth;
+        probe.target.eval = probe.target.train.clone();
+        let init = derive_seed(config.seed, "init");
+        let classes = data.train.classes;
+        let net = Network::new(&probe.model, input, classes, init, context.device)?;
+        Ok((probe, net))
+    };
     let mut logme = None;
     if config.train.auto_depth.unwrap_or_default().order == DepthOrder::Logme {
         // The source's blocks, all transferred, run once over the search's training part.
-        let mut probe = config.clone();
-        probe.freeze_depth = 0;
-        probe.target.eval = probe.target.train.clone();
-        let init = derive_seed(config.seed, "init");
-        let net = Network::new(
-            &probe.model,
-            input,
-            data.train.classes,
-            init,
-            context.device,
-        )?;
+        let (probe, net) = candidate(0)?;
         transfer(&probe, context, &net, &search, record)?;
-        let pooling = config.model.pooling.unwrap_or(crate::spec::Pooling::Cls);
-        let pooled = crate::estimate::pooled_features(&net, &search.train, pooling)?;
-        let labels = search.train.targets.to_vec1::<u32>()?;
-        let scores: Vec<(usize, f64)> = (pooled.iter().enumerate())
-            .map(|(i, f)| {
-                (
-                    i + 1,
-                    crate::estimate::score::logme(f, &labels, data.train.classes),
-                )
-            })
-            .collect();
+        let scores = crate::estimate::logme_by_depth(&net, &search.train, &config.model)?;
         candidates = auto_depth::survivors(&scores);
         candidates.push(0);
         candidates.sort_unstable();
@@ -246,21 +237,10 @@ fn choose_depth(
     for steps in auto_depth::rung_steps(candidates.len(), budget) {
         let mut scores = Vec::new();
         for &depth in &candidates {
-            let mut probe = config.clone();
-            probe.freeze_depth = depth;
-            // Both parts are images of the train split: their cached features are keyed so.
-            probe.target.eval = probe.target.train.clone();
+            let (mut probe, net) = candidate(depth)?;
             probe.train.steps = Some(steps);
             probe.train.epochs = None;
             probe.train.early_stopping = None;
-            let init = derive_seed(config.seed, "init");
-            let net = Network::new(
-                &probe.model,
-                input,
-                data.train.classes,
-                init,
-                context.device,
-            )?;
             let (features, held_features) = transfer(&probe, context, &net, &search, record)?;
             let fit = train::fit(
                 &net,

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use xferlab::data::{Batchable, ImageShape};
 use xferlab::model::batch_norm::is_running_statistic;
 use xferlab::model::{Network, block_of};
-use xferlab::spec::{Arch, ModelSpec, OptimizerKind, TrainSpec};
+use xferlab::spec::{Arch, ModelSpec, TrainSpec};
 use xferlab::train::{Fit, evaluate, fit};
 
 /// A partial_freeze fit at f = 5 leaves every running statistic of blocks 1..5 as the
@@ -48,23 +48,10 @@ fn frozen_blocks_keep_the_source_running_statistics_and_trainable_ones_update() 
         classes: 3,
         images: (0..examples as u32).collect(),
     };
-    let train = TrainSpec {
-        steps: Some(2),
-        epochs: None,
-        batch_size: 6,
-        optimizer: OptimizerKind::Adam,
-        lr: 0.01,
-        weight_decay: None,
-        momentum: None,
-        log_every: 1,
-        schedule: None,
-        layer_lr_decay: None,
-        head_lr: None,
-        early_stopping: None,
-        unfreeze_every: None,
-        lora: None,
-        auto_depth: None,
-    };
+    let train = serde_yaml::from_str::<TrainSpec>(
+        "{steps: 2, batch_size: 6, optimizer: adam, lr: 0.01, log_every: 1}",
+    )
+    .unwrap();
     let freeze_depth = 5;
     assert!(matches!(
         fit(&net, &data, None, &train, (freeze_depth, None), 0).unwrap(),

@@ -170,9 +170,7 @@ fn auto_depth_chooses_a_depth_by_successive_halving() {
     ]);
     let ran = test.run(&ordered);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    for entry in std::fs::read_dir(test.join("ordered/quickstart/trials")).unwrap() {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+    for record in test.records_in("ordered", "quickstart").values() {
         if record["config"]["auto_depth"] != true {
             continue;
         }
@@ -198,11 +196,8 @@ fn auto_depth_chooses_a_depth_by_successive_halving() {
     again.extend(["--store", "again"]);
     let ran = test.run(&again);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    let store = std::fs::read_dir(test.join("again/quickstart/trials")).unwrap();
-    for entry in store {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
-        let first = &records[record["id"].as_str().unwrap()];
+    for (id, record) in test.records_in("again", "quickstart") {
+        let first = &records[&id];
         assert_eq!(record["auto_depth"], first["auto_depth"]);
         assert_eq!(record["eval"]["accuracy"], first["eval"]["accuracy"]);
     }

@@ -94,8 +94,7 @@ pub fn estimate(
         let net = Network::new(&c.model, input, 1, 0, device)?;
         net.transfer_from(&source.tensors, blocks)
             .map_err(|m| InputError::new(format!("source model {} {m}", source.label)))?;
-        let pooling = c.model.pooling.unwrap_or(Pooling::Cls);
-        let features = pooled_features(&net, &data, pooling)?;
+        let logme = logme_by_depth(&net, &data, &c.model)?;
         // A source pretrained by the sweep keeps its classifier: LEEP scores its predictions.
         let leep = match source.tensors.get("head.weight") {
             Some(head) => {
@@ -110,14 +109,13 @@ pub fn estimate(
         };
         let mut setting = trial.axes.clone();
         setting.remove("seed");
-        for (i, rows) in features.iter().enumerate() {
-            let depth = i + 1;
+        for (depth, logme) in logme {
             estimates.push(Estimate {
                 setting: setting.clone(),
                 seed: c.seed,
                 source: source.label.clone(),
                 depth,
-                logme: score::logme(rows, &labels, data.classes),
+                logme,
                 leep: leep.filter(|_| depth == blocks),
                 examples: labels.len(),
             });
@@ -148,9 +146,24 @@ pub fn estimate(
     Ok(estimates)
 }
 
+/// (depth, LogME) of `net`'s frozen, pooled features at every depth 1..L on `data`: what
+/// `estimate` records and `auto_depth`'s `order: logme` ranks by.
+pub(crate) fn logme_by_depth(
+    net: &Network,
+    data: &crate::data::Batchable,
+    model: &crate::spec::ModelSpec,
+) -> candle_core::Result<Vec<(usize, f64)>> {
+    let labels = data.targets.to_vec1::<u32>()?;
+    let pooling = model.pooling.unwrap_or(Pooling::Cls);
+    let features = pooled_features(net, data, pooling)?;
+    Ok((features.iter().enumerate())
+        .map(|(i, rows)| (i + 1, score::logme(rows, &labels, data.classes)))
+        .collect())
+}
+
 /// The pooled output of every block 1..L for every example, as one matrix per depth: blocks
 /// run one at a time over batches of 256, in inference mode, as the feature cache runs them.
-pub(crate) fn pooled_features(
+fn pooled_features(
     net: &Network,
     data: &crate::data::Batchable,
     pooling: Pooling,
@@ -184,14 +197,7 @@ pub(crate) fn pooled_features(
 fn pool(x: &Tensor, mask: Option<&Tensor>, pooling: Pooling) -> candle_core::Result<Tensor> {
     match (x.rank(), mask) {
         (4, _) => x.mean((2, 3)),
-        (3, Some(mask)) => match pooling {
-            Pooling::Cls => x.narrow(1, 0, 1)?.squeeze(1),
-            Pooling::Mean => {
-                let mask = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
-                let sum = x.broadcast_mul(&mask)?.sum(1)?;
-                sum.broadcast_div(&mask.sum(1)?.clamp(1e-9, f64::MAX)?)
-            }
-        },
+        (3, Some(mask)) => crate::model::bert::pool(x, &mask.to_dtype(x.dtype())?, pooling),
         _ => x.flatten_from(1),
     }
 }

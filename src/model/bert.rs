@@ -229,13 +229,21 @@ impl Layer {
         let x = self.output_norm.forward(&(out + x)?)?;
         match self.pooling {
             None => Ok(x),
-            Some(Pooling::Cls) => x.narrow(1, 0, 1)?.squeeze(1),
-            Some(Pooling::Mean) => {
-                let mask = mask.unsqueeze(2)?;
-                let sum = x.broadcast_mul(&mask)?.sum(1)?;
-                // sentence-transformers' clamp: a text of padding alone gives 0, not NaN.
-                sum.broadcast_div(&mask.sum(1)?.clamp(1e-9, f64::MAX)?)
-            }
+            Some(pooling) => pool(&x, &mask, pooling),
+        }
+    }
+}
+
+/// Token vectors (B, S, H) to one vector per text: the [CLS] token's, or the mean over the
+/// real tokens of `mask` (B, S), in x's dtype.
+pub(crate) fn pool(x: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
+    match pooling {
+        Pooling::Cls => x.narrow(1, 0, 1)?.squeeze(1),
+        Pooling::Mean => {
+            let mask = mask.unsqueeze(2)?;
+            let sum = x.broadcast_mul(&mask)?.sum(1)?;
+            // sentence-transformers' clamp: a text of padding alone gives 0, not NaN.
+            sum.broadcast_div(&mask.sum(1)?.clamp(1e-9, f64::MAX)?)
         }
     }
 }

@@ -180,21 +180,8 @@ mod tests {
     #[test]
     fn each_variable_steps_at_its_own_rate() {
         let train = |optimizer| TrainSpec {
-            steps: Some(1),
-            epochs: None,
-            batch_size: 1,
             optimizer,
-            lr: 0.1,
-            weight_decay: None,
-            momentum: None,
-            log_every: 1,
-            schedule: None,
-            layer_lr_decay: None,
-            head_lr: None,
-            early_stopping: None,
-            unfreeze_every: None,
-            lora: None,
-            auto_depth: None,
+            ..serde_yaml::from_str("{steps: 1, batch_size: 1, lr: 0.1, log_every: 1}").unwrap()
         };
         for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
             let vars: Vec<Var> = (0..2)

@@ -242,6 +242,13 @@ pub struct Report {
     pub adapted: bool,
 }
 
+impl Report {
+    /// How many gains have a p-value (two or more paired seeds): the family Holm corrects.
+    pub fn gains_tested(&self) -> usize {
+        self.rows.iter().filter(|r| r.gain_p.is_some()).count()
+    }
+}
+
 fn order(a: &Value, b: &Value) -> std::cmp::Ordering {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x.total_cmp(&y),
@@ -331,12 +338,9 @@ pub fn build(
         row.gain = gain;
     }
     // The family: every gain with a p-value (two or more seeds).
-    let tested: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].gain.and_then(|g| g.p_value()).is_some())
-        .collect();
-    let p: Vec<f64> = (tested.iter())
-        .map(|&i| rows[i].gain.and_then(|g| g.p_value()).expect("tested"))
-        .collect();
+    let (tested, p): (Vec<usize>, Vec<f64>) = (rows.iter().enumerate())
+        .filter_map(|(i, row)| Some((i, row.gain?.p_value()?)))
+        .unzip();
     let adjusted = match correction {
         Correction::Holm => super::stats::holm(&p),
         Correction::None => p,

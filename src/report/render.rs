@@ -396,7 +396,7 @@ fn text(report: &Report, markdown: bool) -> String {
 
 /// What the stars mean under the report's correction.
 fn star(report: &Report) -> String {
-    let tested = report.rows.iter().filter(|r| r.gain_p.is_some()).count();
+    let tested = report.gains_tested();
     match report.correction {
         _ if tested == 0 => "differs from zero (no gain here has two seeds to test)".into(),
         Correction::Holm => format!(
@@ -443,12 +443,12 @@ fn verdicts(report: &Report) -> Vec<String> {
                 interval(&g)
             ));
         } else if !row.gain_significant && g.excludes_zero() {
-            let tested = report.rows.iter().filter(|r| r.gain_p.is_some()).count();
             lines.push(format!(
-                "{} at {at}: {} than scratch on its own ({}), not after Holm's correction over the {tested} gains: more seeds would settle it",
+                "{} at {at}: {} than scratch on its own ({}), not after Holm's correction over the {} gains: more seeds would settle it",
                 row.label(),
                 if hurts_direction(report, g.mean) { "worse" } else { "better" },
-                interval(&g)
+                interval(&g),
+                report.gains_tested()
             ));
         } else if !row.gain_significant {
             let more = match g.values_to_resolve() {

@@ -160,7 +160,16 @@ impl Test {
     /// The records in sweep `name`'s run store folder, by trial id; panics on one that is
     /// not whole JSON.
     pub fn records(&self, name: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
-        let dir = self.join(&format!("runs/{name}/trials"));
+        self.records_in("runs", name)
+    }
+
+    /// `records` of a sweep in another store folder.
+    pub fn records_in(
+        &self,
+        store: &str,
+        name: &str,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let dir = self.join(&format!("{store}/{name}/trials"));
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Default::default();
         };
