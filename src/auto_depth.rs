@@ -1,14 +1,16 @@
 //! The `auto_depth` strategy: choose the freeze depth by successive halving (Jamieson and
 //! Talwalkar, 2016) instead of sweeping it, then train the chosen depth with the full budget.
 //!
-//! Candidates are every depth of the partial-freeze family, f = 0 (fine-tune) to L (a frozen
-//! feature extractor), all L blocks transferred. A seeded fifth of each class's training
+//! Candidates are every depth d = 0..L of a family (`train.auto_depth.family`): by default
+//! partial freezing, f = d with all L blocks transferred, from fine-tuning (d = 0) to a frozen
+//! feature extractor (d = L); or the prefix families, t = f = d (`prefix_frozen`) or t = d,
+//! f = 0 (`prefix_finetune`), from scratch (d = 0) to all L blocks transferred. A seeded fifth of each class's training
 //! examples is held out (never the eval data). Rung r of R = ceil(log2(L + 1)) trains every
 //! remaining candidate from the same start for `steps / 2^(R - r)` steps on the rest, scores
-//! it on the held-out examples and keeps the better half (ties: the deeper freeze, which is
-//! cheaper); the last one left trains for the full `steps` on every training example. With
-//! `train.auto_depth: {order: logme}` LogME of the frozen features at each depth 1..L keeps the
-//! better half of them (and f = 0) before the first rung.
+//! it on the held-out examples and keeps the better half (ties: the deeper, which is
+//! cheaper when it freezes); the last one left trains for the full `steps` on every training example. With
+//! `train.auto_depth: {order: logme}` LogME of the source's features after each block 1..L keeps
+//! the better half of those depths (and d = 0, which it cannot score) before the first rung.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +20,7 @@ pub const HOLDOUT: f64 = 0.2;
 /// How the depth was chosen, kept in the trial's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AutoDepth {
-    /// The freeze depth chosen and trained with the full budget.
+    /// The depth d chosen in the family searched, trained with the full budget.
     pub chosen: usize,
     /// Each rung's steps and its candidates' held-out accuracies.
     pub rungs: Vec<Rung>,
@@ -36,7 +38,7 @@ pub struct AutoDepth {
 pub struct Rung {
     /// Steps each candidate trained.
     pub steps: usize,
-    /// (freeze depth, held-out accuracy), in the order tried.
+    /// (depth d, held-out accuracy), in the order tried.
     pub scores: Vec<(usize, f64)>,
 }
 
@@ -48,7 +50,7 @@ pub fn rung_steps(candidates: usize, steps: usize) -> Vec<usize> {
 }
 
 /// The better half (rounded up) of a rung's candidates: highest score first, the deeper
-/// freeze first among equal scores.
+/// first among equal scores.
 pub fn survivors(scores: &[(usize, f64)]) -> Vec<usize> {
     let mut ranked = scores.to_vec();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));

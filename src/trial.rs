@@ -108,10 +108,10 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
     };
     let chosen;
     if config.auto_depth {
-        let search = choose_depth(config, context, &data, record)?;
+        let (search, depths) = choose_depth(config, context, &data, record)?;
         let mut at = config.clone();
-        at.freeze_depth = search.chosen;
-        record.freeze_depth = search.chosen;
+        (at.transfer_depth, at.freeze_depth) = depths;
+        (record.transfer_depth, record.freeze_depth) = depths;
         record.auto_depth = Some(search);
         chosen = at;
         config = &chosen;
@@ -183,15 +183,16 @@ fn train_and_evaluate(trial: &Trial, context: &Context, record: &mut TrialRecord
     Ok(())
 }
 
-/// `auto_depth`: successive halving over the freeze depths 0..L (see [`crate::auto_depth`]):
-/// every candidate starts from the same weights, trains on most of the training examples and
-/// is scored on a seeded fifth of each class held out; the chosen depth's search is returned.
+/// `auto_depth`: successive halving over the depths 0..L of the family searched (see
+/// [`crate::auto_depth`]): every candidate starts from the same weights, trains on most of
+/// the training examples and is scored on a seeded fifth of each class held out. Returns the
+/// search and the chosen (transfer_depth, freeze_depth).
 fn choose_depth(
     config: &TrialConfig,
     context: &Context,
     data: &TargetData,
     record: &mut TrialRecord,
-) -> Result<AutoDepth> {
+) -> Result<(AutoDepth, (usize, usize))> {
     let targets = data.train.targets.to_vec1::<u32>()?;
     let seed = derive_seed(config.seed, "auto_depth");
     let (kept, held) = train::holdout(&targets, data.train.classes, auto_depth::HOLDOUT, seed);
@@ -210,12 +211,14 @@ fn choose_depth(
     let input = context.catalog.input(&config.target.train.dataset)?;
     let budget = train::step_count(&config.train, targets.len());
     let blocks = crate::model::block_count(&config.model);
+    let settings = config.train.auto_depth.unwrap_or_default();
+    let family = settings.family.strategy();
     let mut candidates: Vec<usize> = (0..=blocks).collect();
-    // A candidate: the trial's config at `depth`, scored on held-out images of the train split
-    // (their cached features are keyed so), and a network from the trial's own start.
-    let candidate = |depth: usize| -> Result<(TrialConfig, Network)> {
+    // A candidate: the trial's config at depths (t, f), scored on held-out images of the train
+    // split (their cached features are keyed so), and a network from the trial's own start.
+    let candidate = |(t, f): (usize, usize)| -> Result<(TrialConfig, Network)> {
         let mut probe = config.clone();
-        probe.freeze_depth = depth;
+        (probe.transfer_depth, probe.freeze_depth) = (t, f);
         probe.target.eval = probe.target.train.clone();
         let init = derive_seed(config.seed, "init");
         let classes = data.train.classes;
@@ -223,9 +226,9 @@ fn choose_depth(
         Ok((probe, net))
     };
     let mut logme = None;
-    if config.train.auto_depth.unwrap_or_default().order == DepthOrder::Logme {
+    if settings.order == DepthOrder::Logme {
         // The source's blocks, all transferred, run once over the search's training part.
-        let (probe, net) = candidate(0)?;
+        let (probe, net) = candidate((blocks, 0))?;
         transfer(&probe, context, &net, &search, record)?;
         let scores = crate::estimate::logme_by_depth(&net, &search.train, &config.model)?;
         candidates = auto_depth::survivors(&scores);
@@ -237,7 +240,7 @@ fn choose_depth(
     for steps in auto_depth::rung_steps(candidates.len(), budget) {
         let mut scores = Vec::new();
         for &depth in &candidates {
-            let (mut probe, net) = candidate(depth)?;
+            let (mut probe, net) = candidate(family.depths(blocks, depth))?;
             probe.train.steps = Some(steps);
             probe.train.epochs = None;
             probe.train.early_stopping = None;
@@ -247,12 +250,13 @@ fn choose_depth(
                 &search.train,
                 features.as_ref(),
                 &probe.train,
-                (depth, None),
+                (probe.freeze_depth, None),
                 derive_seed(config.seed, "batches"),
             )?;
             let accuracy = match fit {
                 Fit::Done(..) => {
-                    train::evaluate(&net, &search.eval, held_features.as_ref(), depth)?.accuracy
+                    let held = held_features.as_ref();
+                    train::evaluate(&net, &search.eval, held, probe.freeze_depth)?.accuracy
                 }
                 // A candidate whose loss diverged scores nothing.
                 Fit::Diverged { .. } => 0.0,
@@ -264,13 +268,14 @@ fn choose_depth(
         candidates = auto_depth::survivors(&scores);
         rungs.push(Rung { steps, scores });
     }
-    Ok(AutoDepth {
+    let search = AutoDepth {
         chosen: candidates[0],
         rungs,
         total_steps: total,
         holdout_examples: held.len(),
         logme,
-    })
+    };
+    Ok((search, family.depths(blocks, candidates[0])))
 }
 
 /// Copies blocks 1..t from the source model into `net`, and returns the frozen prefix's

@@ -107,7 +107,8 @@ fn a_sweep_that_transfers_nothing_has_nothing_to_estimate() {
 
 /// `auto_depth` chooses each trial's freeze depth by successive halving on held-out training
 /// examples: its record keeps every rung, the steps spent and the chosen depth, a rerun
-/// chooses the same, and the report shows `auto` with each seed's choice.
+/// chooses the same, and the report shows `auto` with each seed's choice; likewise the
+/// transferred-and-frozen prefix's depth with `family: prefix_frozen`.
 #[test]
 fn auto_depth_chooses_a_depth_by_successive_halving() {
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/quickstart.yaml");
@@ -191,6 +192,52 @@ fn auto_depth_chooses_a_depth_by_successive_halving() {
         assert!(!first.contains(&worst.0), "{search}");
         assert_eq!(search["total_steps"], 3 * 10 + 2 * 20 + 40);
     }
+    // The prefix family (t = f = d): the chosen depth is both depths; its d = L candidate is
+    // the same network as partial freezing's f = L (t = L), so it scores the same in rung 1.
+    let mut prefix = args.clone();
+    prefix.extend([
+        "--set",
+        "train.auto_depth={family: prefix_frozen}",
+        "--store",
+        "prefix",
+    ]);
+    let ran = test.run(&prefix);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.stdout.contains("auto_depth t=auto f=auto"),
+        "{}",
+        ran.stdout
+    );
+    let first_rung = |record: &serde_json::Value| -> Vec<(u64, f64)> {
+        (record["auto_depth"]["rungs"][0]["scores"]
+            .as_array()
+            .unwrap()
+            .iter())
+        .map(|s| (s[0].as_u64().unwrap(), s[1].as_f64().unwrap()))
+        .collect()
+    };
+    let mut prefixed = 0;
+    for record in test.records_in("prefix", "quickstart").values() {
+        if record["config"]["auto_depth"] != true {
+            continue;
+        }
+        prefixed += 1;
+        let chosen = &record["auto_depth"]["chosen"];
+        assert_eq!(&record["transfer_depth"], chosen);
+        assert_eq!(&record["freeze_depth"], chosen);
+        let seed = &record["config"]["seed"];
+        let plain = auto.iter().find(|r| &r["config"]["seed"] == seed).unwrap();
+        let (ours, theirs) = (first_rung(record), first_rung(plain));
+        assert_eq!(ours.len(), 4);
+        assert_eq!(ours[3], theirs[3], "t = f = 3 either way");
+        assert!(
+            ran.stdout
+                .contains(&format!("t={chosen} f={chosen} (seed {seed})")),
+            "{}",
+            ran.stdout
+        );
+    }
+    assert_eq!(prefixed, 2);
     // Run again into another store: the same choices, the same accuracies.
     let mut again = args.clone();
     again.extend(["--store", "again"]);

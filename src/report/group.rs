@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Summary;
 use crate::plan::{Plan, StrategyLabel};
-use crate::spec::Strategy;
+use crate::spec::{DepthFamily, Strategy};
 use crate::store::{Status, TrialRecord};
 use crate::train::Evaluation;
 
@@ -42,9 +42,12 @@ pub struct Row {
     /// The metric minus the baseline's, paired by seed (same data subset, same everything but
     /// the strategy), over the seeds both finished.
     pub gain: Option<Summary>,
-    /// `auto_depth`: the freeze depth each seed's trial chose.
+    /// `auto_depth`: the family of depths its trials searched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub searched: Option<DepthFamily>,
+    /// `auto_depth`: the (transfer_depth, freeze_depth) each seed's trial chose.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub chosen: BTreeMap<u64, usize>,
+    pub chosen: BTreeMap<u64, (usize, usize)>,
     /// The gain's paired t-test p-value, adjusted by the report's correction.
     pub gain_p: Option<f64>,
     /// Whether the gain differs from zero at the 5% level after that correction.
@@ -72,6 +75,7 @@ impl Row {
             loss_mean: None,
             trainable_parameters: None,
             gain: None,
+            searched: None,
             chosen: BTreeMap::new(),
             gain_p: None,
             gain_significant: false,
@@ -82,19 +86,20 @@ impl Row {
 
     /// `strategy t=T f=F`.
     pub fn label(&self) -> String {
-        format!(
-            "{} t={} f={}",
-            self.strategy,
-            self.transfer_depth,
-            self.freeze_cell()
-        )
+        let (t, f) = self.depth_cells();
+        format!("{} t={t} f={f}", self.strategy)
     }
 
-    /// The freeze depth as tables show it: `auto` where each trial chose its own.
-    pub fn freeze_cell(&self) -> String {
-        match self.strategy {
-            StrategyLabel::Named(Strategy::AutoDepth) => "auto".into(),
-            _ => self.freeze_depth.to_string(),
+    /// The depths (t, f) as tables show them: `auto` for the one each `auto_depth` trial
+    /// chose (both for `prefix_frozen`, the transfer depth for `prefix_finetune`).
+    pub fn depth_cells(&self) -> (String, String) {
+        let (t, f) = (self.transfer_depth, self.freeze_depth);
+        let auto = || "auto".to_string();
+        match self.searched {
+            None => (t.to_string(), f.to_string()),
+            Some(DepthFamily::PartialFreeze) => (t.to_string(), auto()),
+            Some(DepthFamily::PrefixFrozen) => (auto(), auto()),
+            Some(DepthFamily::PrefixFinetune) => (auto(), f.to_string()),
         }
     }
 
@@ -299,13 +304,17 @@ pub fn build(
                 rows.len() - 1
             });
             let row = &mut rows[at];
+            if trial.config.auto_depth {
+                row.searched = Some(trial.config.train.auto_depth.unwrap_or_default().family);
+            }
             match record {
                 Some(r) if r.status == Status::Finished => {
                     let eval = r.eval.as_ref().expect("finished trials have an evaluation");
                     row.count += 1;
                     row.trainable_parameters = row.trainable_parameters.or(r.trainable_parameters);
-                    if let Some(search) = &r.auto_depth {
-                        row.chosen.insert(trial.config.seed, search.chosen);
+                    if r.auto_depth.is_some() {
+                        let depths = (r.transfer_depth, r.freeze_depth);
+                        row.chosen.insert(trial.config.seed, depths);
                     }
                     if let Some(value) = metric.of(eval) {
                         row.by_seed.insert(trial.config.seed, value);

@@ -134,12 +134,11 @@ fn results_table(out: &mut String, report: &Report) {
         } else {
             ""
         };
+        let (t, f) = row.depth_cells();
         let _ = write!(
             out,
-            "<tr{class}><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>",
+            "<tr{class}><td>{}</td><td class=\"n\">{t}</td><td class=\"n\">{f}</td>",
             escape(row.strategy.name()),
-            row.transfer_depth,
-            row.freeze_depth
         );
         for value in &row.axes {
             let _ = write!(out, "<td class=\"n\">{}</td>", escape(&super::cell(value)));

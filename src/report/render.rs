@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{Correction, Report, Row, Summary};
 use crate::error::InputError;
 use crate::plan::StrategyLabel;
+use crate::spec::DepthFamily;
 use crate::table::{self, Layout};
 
 /// Output formats.
@@ -76,11 +77,8 @@ pub fn render(report: &Report, format: Format) -> String {
 
 /// Strategy, t, f and the axes' values: the cells that name a row.
 fn row_key_cells(row: &Row) -> Vec<String> {
-    let mut cells = vec![
-        row.strategy.to_string(),
-        row.transfer_depth.to_string(),
-        row.freeze_cell(),
-    ];
+    let (t, f) = row.depth_cells();
+    let mut cells = vec![row.strategy.to_string(), t, f];
     cells.extend(row.axes.iter().map(cell));
     cells
 }
@@ -373,7 +371,10 @@ fn text(report: &Report, markdown: bool) -> String {
         .filter(|row| !row.chosen.is_empty())
         .map(|row| {
             let seeds: Vec<String> = (row.chosen.iter())
-                .map(|(seed, f)| format!("f={f} (seed {seed})"))
+                .map(|(seed, (t, f))| match row.searched {
+                    Some(DepthFamily::PartialFreeze) | None => format!("f={f} (seed {seed})"),
+                    _ => format!("t={t} f={f} (seed {seed})"),
+                })
                 .collect();
             format!("{}: {}", setting(&report.axes, &row.axes), seeds.join(", "))
         })

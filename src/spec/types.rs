@@ -422,6 +422,35 @@ pub struct AutoDepthSpec {
     /// cannot score: a rung or more fewer.
     #[serde(default)]
     pub order: DepthOrder,
+    /// Which depths are the candidates: `partial_freeze` (default: t = L, f = 0..L),
+    /// `prefix_frozen` (t = f = 0..L, Yosinski's AnB: how many blocks to transfer and
+    /// freeze) or `prefix_finetune` (t = 0..L, f = 0: how many blocks to transfer).
+    #[serde(default)]
+    pub family: DepthFamily,
+}
+
+/// The strategy whose depths `auto_depth` searches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DepthFamily {
+    /// t = L, f = d: how deep to freeze.
+    #[default]
+    PartialFreeze,
+    /// t = f = d: how many blocks to transfer, all frozen.
+    PrefixFrozen,
+    /// t = d, f = 0: how many blocks to transfer, all trained.
+    PrefixFinetune,
+}
+
+impl DepthFamily {
+    /// The strategy whose `depths` give a candidate's (t, f).
+    pub fn strategy(self) -> Strategy {
+        match self {
+            DepthFamily::PartialFreeze => Strategy::PartialFreeze,
+            DepthFamily::PrefixFrozen => Strategy::PrefixFrozen,
+            DepthFamily::PrefixFinetune => Strategy::PrefixFinetune,
+        }
+    }
 }
 
 /// How `auto_depth` orders its candidates.
