@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use super::Mode;
+use super::conv::{Activation, Epilogue};
 use super::parameters::Parameters;
 
 /// PyTorch's default BatchNorm momentum.
@@ -60,6 +61,24 @@ impl BatchNorm {
         })
     }
 
+    /// Inference mode's normalisation as y = x * scale + shift per channel: (scale, shift).
+    fn inference_affine(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        let running_var = self.running_var.as_tensor();
+        let scale = (&self.weight / (running_var + self.epsilon)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// Inference mode's normalisation and then `activation` as a convolution's epilogue.
+    pub fn epilogue(&self, activation: Activation) -> candle_core::Result<Epilogue> {
+        let (scale, shift) = self.inference_affine()?;
+        Ok(Epilogue {
+            scale: Some(scale.to_vec1()?),
+            shift: Some(shift.to_vec1()?),
+            activation,
+        })
+    }
+
     /// Normalises `x` (N, C, H, W) in `mode`; in training mode also updates the running
     /// statistics.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
@@ -67,9 +86,7 @@ impl BatchNorm {
         let per_channel = |t: &Tensor| t.reshape((1, channels, 1, 1));
         match mode {
             Mode::Infer => {
-                let running_var = self.running_var.as_tensor();
-                let scale = (&self.weight / (running_var + self.epsilon)?.sqrt()?)?;
-                let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+                let (scale, shift) = self.inference_affine()?;
                 x.broadcast_mul(&per_channel(&scale)?)?
                     .broadcast_add(&per_channel(&shift)?)
             }

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 
 use super::Mode;
 use super::batch_norm::BatchNorm;
-use super::conv::Conv2d;
+use super::conv::{Activation, Conv2d};
 use super::depthwise::max_pool_3x3_stride_2;
 use super::lora::Lora;
 use super::parameters::Parameters;
@@ -137,13 +137,23 @@ impl ConvBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+    /// The convolution, BatchNorm, then `activation`; in inference mode without a LoRA update
+    /// as one convolution with BatchNorm and the activation in its epilogue.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        activation: Activation,
+    ) -> candle_core::Result<Tensor> {
+        if mode == Mode::Infer && self.lora.is_none() {
+            return self.conv.forward_infer(x, self.bn.epilogue(activation)?);
+        }
         let y = self.conv.forward(x)?;
         let y = match &self.lora {
             Some(lora) => (y + lora.forward(x, mode)?)?,
             None => y,
         };
-        self.bn.forward(&y, mode)
+        activation.forward(&self.bn.forward(&y, mode)?)
     }
 }
 
@@ -157,13 +167,16 @@ impl Unit {
     fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward(&y, mode)?;
-            if i + 1 < self.convs.len() {
-                y = y.relu()?;
-            }
+            let last = i + 1 == self.convs.len();
+            let activation = if last {
+                Activation::Identity
+            } else {
+                Activation::Relu
+            };
+            y = conv.forward(&y, mode, activation)?;
         }
         let shortcut = match &self.downsample {
-            Some(downsample) => downsample.forward(x, mode)?,
+            Some(downsample) => downsample.forward(x, mode, Activation::Identity)?,
             None => x.clone(),
         };
         (y + shortcut)?.relu()
@@ -182,7 +195,7 @@ impl Block {
     /// Runs the block on NCHW images or features in `mode`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         match self {
-            Block::Stem(stem) => max_pool_3x3_stride_2(&stem.forward(x, mode)?.relu()?),
+            Block::Stem(stem) => max_pool_3x3_stride_2(&stem.forward(x, mode, Activation::Relu)?),
             Block::Layer(units) => {
                 let mut x = x.clone();
                 for unit in units {

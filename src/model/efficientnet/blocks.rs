@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use super::{BATCH_NORM_EPSILON, BLOCKS, FEATURES, STAGES, STEM_CHANNELS};
 use crate::model::Mode;
 use crate::model::batch_norm::BatchNorm;
-use crate::model::conv::Conv2d;
+use crate::model::conv::{self, Activation, Conv2d};
 use crate::model::depthwise::depthwise_conv2d;
 use crate::model::lora::Lora;
 use crate::model::parameters::Parameters;
@@ -70,10 +70,23 @@ impl ConvBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+    /// The convolution, BatchNorm, then `activation`; in inference mode, a dense convolution
+    /// without a LoRA update is one convolution with BatchNorm and the activation in its
+    /// epilogue.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        activation: Activation,
+    ) -> candle_core::Result<Tensor> {
         let (_, _, height, width) = x.dims4()?;
         let (top, bottom) = same_padding(height, self.kernel, self.stride);
         let (left, right) = same_padding(width, self.kernel, self.stride);
+        if mode == Mode::Infer && self.lora.is_none() && self.groups == 1 {
+            let padding = (top, bottom, left, right);
+            let epilogue = self.bn.epilogue(activation)?;
+            return conv::conv2d(x, &self.weight, self.stride, padding, &epilogue);
+        }
         let y = if self.groups > 1 {
             depthwise_conv2d(x, &self.weight, (top, bottom), (left, right), self.stride)?
         } else if top == bottom && left == right && top == left {
@@ -89,7 +102,7 @@ impl ConvBn {
             Some(lora) => (y + lora.forward(x, mode)?)?,
             None => y,
         };
-        self.bn.forward(&y, mode)
+        activation.forward(&self.bn.forward(&y, mode)?)
     }
 }
 
@@ -105,16 +118,12 @@ impl MbConv {
     fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
-            y = relu6(&expand.forward(&y, mode)?)?;
+            y = expand.forward(&y, mode, Activation::Relu6)?;
         }
-        y = relu6(&self.depthwise.forward(&y, mode)?)?;
-        y = self.project.forward(&y, mode)?;
+        y = self.depthwise.forward(&y, mode, Activation::Relu6)?;
+        y = self.project.forward(&y, mode, Activation::Identity)?;
         if self.residual { y + x } else { Ok(y) }
     }
-}
-
-fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.clamp(0f32, 6f32)
 }
 
 /// One of xferlab's EfficientNet blocks.
@@ -129,7 +138,7 @@ impl Block {
     /// Runs the block on NCHW images or features in `mode`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         match self {
-            Block::ConvBn(conv) => relu6(&conv.forward(x, mode)?),
+            Block::ConvBn(conv) => conv.forward(x, mode, Activation::Relu6),
             Block::Stage(stage) => {
                 let mut x = x.clone();
                 for mbconv in stage {
