@@ -211,6 +211,40 @@ pub struct Epilogue {
     pub activation: Activation,
 }
 
+impl Epilogue {
+    /// The epilogue on `y` (N, C, H, W) in tensor operations.
+    pub fn forward(&self, y: &Tensor) -> Result<Tensor> {
+        let channels = y.dim(1)?;
+        let per_channel = |v: &[f32]| Tensor::new(v, y.device())?.reshape((1, channels, 1, 1));
+        let y = match &self.scale {
+            Some(scale) => y.broadcast_mul(&per_channel(scale)?)?,
+            None => y.clone(),
+        };
+        let y = match &self.shift {
+            Some(shift) => y.broadcast_add(&per_channel(shift)?)?,
+            None => y,
+        };
+        self.activation.forward(&y)
+    }
+
+    /// The epilogue in place on `planes`, consecutive planes of `plane` values each, the
+    /// first of channel `first`, channels counted modulo their number.
+    pub fn apply(&self, planes: &mut [f32], plane: usize, first: usize) {
+        if self.scale.is_none() && self.shift.is_none() && self.activation == Activation::Identity {
+            return;
+        }
+        let channels = (self.scale.as_ref().or(self.shift.as_ref())).map_or(1, Vec::len);
+        for (i, values) in planes.chunks_mut(plane).enumerate() {
+            let channel = (first + i) % channels;
+            let scale = self.scale.as_ref().map_or(1.0, |s| s[channel]);
+            let shift = self.shift.as_ref().map_or(0.0, |s| s[channel]);
+            for v in values {
+                *v = self.activation.apply(*v * scale + shift);
+            }
+        }
+    }
+}
+
 /// An activation fused into a convolution's epilogue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Activation {
@@ -274,18 +308,7 @@ pub fn conv2d(
             .pad_with_zeros(3, left, right)?
             .conv2d(&weight, 0, stride, 1, 1)?
     };
-    let channels = weight.dim(0)?;
-    let device = y.device().clone();
-    let per_channel = |v: &[f32]| Tensor::new(v, &device)?.reshape((1, channels, 1, 1));
-    let y = match &epilogue.scale {
-        Some(scale) => y.broadcast_mul(&per_channel(scale)?)?,
-        None => y,
-    };
-    let y = match &epilogue.shift {
-        Some(shift) => y.broadcast_add(&per_channel(shift)?)?,
-        None => y,
-    };
-    epilogue.activation.forward(&y)
+    epilogue.forward(&y)
 }
 
 /// [`conv2d`]'s CPU kernel.
@@ -367,7 +390,7 @@ impl CustomOp2 for CpuConv {
                     parallel,
                 )
             }
-            self.finish(out, plane);
+            self.epilogue.apply(out, plane, 0);
         };
         if n >= threads {
             y.par_chunks_mut(o * plane)
@@ -384,23 +407,6 @@ impl CustomOp2 for CpuConv {
             }
         }
         Ok((CpuStorage::F32(y), Shape::from((n, o, oh, ow))))
-    }
-}
-
-impl CpuConv {
-    /// The epilogue over one image's output (O planes of `plane` values).
-    fn finish(&self, out: &mut [f32], plane: usize) {
-        let e = &self.epilogue;
-        if e.scale.is_none() && e.shift.is_none() && e.activation == Activation::Identity {
-            return;
-        }
-        for (channel, values) in out.chunks_mut(plane).enumerate() {
-            let scale = e.scale.as_ref().map_or(1.0, |s| s[channel]);
-            let shift = e.shift.as_ref().map_or(0.0, |s| s[channel]);
-            for v in values {
-                *v = e.activation.apply(*v * scale + shift);
-            }
-        }
     }
 }
 

@@ -17,6 +17,8 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::conv::Epilogue;
+
 /// The k*k shifted views of `x` (N, C, H, W) that a k x k window at `stride` 1 or 2 reads
 /// after zero padding `(top, bottom)` and `(left, right)`: view (u, v) holds, at each output
 /// pixel, the input the window's tap (u, v) sees. Row-major over (u, v).
@@ -83,13 +85,15 @@ pub(crate) fn windows(
 }
 
 /// Depthwise convolution of `x` (N, C, H, W) with `weight` (C, 1, k, k), after zero padding
-/// `(top, bottom)` and `(left, right)`, at `stride` 1 or 2.
+/// `(top, bottom)` and `(left, right)`, at `stride` 1 or 2. With an `epilogue` (inference
+/// mode) it follows in the same pass and no gradient graph is recorded.
 pub fn depthwise_conv2d(
     x: &Tensor,
     weight: &Tensor,
     top_bottom: (usize, usize),
     left_right: (usize, usize),
     stride: usize,
+    epilogue: Option<&Epilogue>,
 ) -> Result<Tensor> {
     let (_, channels, height, width) = x.dims4()?;
     let (weight_channels, one, kernel, kernel_width) = weight.dims4()?;
@@ -100,7 +104,11 @@ pub fn depthwise_conv2d(
         );
     }
     if !x.device().is_cpu() {
-        return depthwise_views(x, weight, top_bottom, left_right, stride);
+        let y = depthwise_views(x, weight, top_bottom, left_right, stride)?;
+        return match epilogue {
+            Some(epilogue) => epilogue.forward(&y.detach()),
+            None => Ok(y),
+        };
     }
     let (padded_height, padded_width) = (
         height + top_bottom.0 + top_bottom.1,
@@ -116,8 +124,13 @@ pub fn depthwise_conv2d(
         left: left_right.0,
         out_height: (padded_height - kernel) / stride + 1,
         out_width: (padded_width - kernel) / stride + 1,
+        epilogue: epilogue.cloned().unwrap_or_default(),
     };
-    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match epilogue {
+        Some(_) => x.detach().apply_op2_no_bwd(&weight.detach(), &op),
+        None => x.apply_op2(&weight, op),
+    }
 }
 
 /// Depthwise convolution as k*k shifted views multiplied and summed, in tensor operations
@@ -156,6 +169,8 @@ struct Depthwise {
     left: usize,
     out_height: usize,
     out_width: usize,
+    /// Applied to each output plane once its taps are summed (forward only).
+    epilogue: Epilogue,
 }
 
 impl Depthwise {
@@ -235,6 +250,7 @@ impl CustomOp2 for Depthwise {
                         }
                     }
                 });
+                self.epilogue.apply(out, oh * ow, plane % channels);
             });
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
     }
@@ -324,6 +340,7 @@ pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::conv::Activation;
     use candle_core::{Device, Var};
 
     #[test]
@@ -339,7 +356,7 @@ mod tests {
         ] {
             let x = Tensor::randn(0f32, 1., (2, 6, size, size), &device).unwrap();
             let w = Tensor::randn(0f32, 1., (6, 1, kernel, kernel), &device).unwrap();
-            let ours = depthwise_conv2d(&x, &w, padding.0, padding.1, stride).unwrap();
+            let ours = depthwise_conv2d(&x, &w, padding.0, padding.1, stride, None).unwrap();
             let ((top, bottom), (left, right)) = padding;
             let theirs = x
                 .pad_with_zeros(2, top, bottom)
@@ -349,7 +366,7 @@ mod tests {
                 .conv2d(&w, 0, stride, 1, 6)
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "k{kernel} s{stride} {size}");
-            let difference = (ours - &theirs)
+            let difference = (&ours - &theirs)
                 .unwrap()
                 .abs()
                 .unwrap()
@@ -361,6 +378,29 @@ mod tests {
                 .unwrap();
             assert!(
                 difference < 1e-4,
+                "k{kernel} s{stride} {size}: {difference}"
+            );
+            // Inference mode's BatchNorm and ReLU6 in the same pass.
+            let epilogue = Epilogue {
+                scale: Some(vec![0.5, 2.0, -1.0, 1.0, 3.0, 0.25]),
+                shift: Some(vec![0.1, -0.2, 0.3, 5.0, 0.0, -1.0]),
+                activation: Activation::Relu6,
+            };
+            let fused =
+                depthwise_conv2d(&x, &w, padding.0, padding.1, stride, Some(&epilogue)).unwrap();
+            let apart = epilogue.forward(&ours).unwrap();
+            let difference = (fused - apart)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                difference < 1e-5,
                 "k{kernel} s{stride} {size}: {difference}"
             );
         }
@@ -414,7 +454,7 @@ mod tests {
                 &Tensor::randn(0f32, 1., (5, 1, kernel, kernel), &device).unwrap(),
             )
             .unwrap();
-            let ours = depthwise_conv2d(&x, &weight, padding.0, padding.1, stride).unwrap();
+            let ours = depthwise_conv2d(&x, &weight, padding.0, padding.1, stride, None).unwrap();
             let theirs = depthwise_views(&x, &weight, padding.0, padding.1, stride).unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(flat(&ours), flat(&theirs), "{case}");
@@ -440,10 +480,11 @@ mod tests {
             }
             // A constant input (images, cached features) gets no gradient.
             let constant = x.as_tensor().detach();
-            let grads =
-                loss(&depthwise_conv2d(&constant, &weight, padding.0, padding.1, stride).unwrap())
-                    .backward()
-                    .unwrap();
+            let grads = loss(
+                &depthwise_conv2d(&constant, &weight, padding.0, padding.1, stride, None).unwrap(),
+            )
+            .backward()
+            .unwrap();
             assert!(grads.get(&constant).is_none() && grads.get(&weight).is_some());
         }
     }

@@ -70,9 +70,8 @@ impl ConvBn {
         })
     }
 
-    /// The convolution, BatchNorm, then `activation`; in inference mode, a dense convolution
-    /// without a LoRA update is one convolution with BatchNorm and the activation in its
-    /// epilogue.
+    /// The convolution, BatchNorm, then `activation`; in inference mode without a LoRA update
+    /// one convolution with BatchNorm and the activation in its epilogue.
     fn forward(
         &self,
         x: &Tensor,
@@ -82,13 +81,22 @@ impl ConvBn {
         let (_, _, height, width) = x.dims4()?;
         let (top, bottom) = same_padding(height, self.kernel, self.stride);
         let (left, right) = same_padding(width, self.kernel, self.stride);
-        if mode == Mode::Infer && self.lora.is_none() && self.groups == 1 {
-            let padding = (top, bottom, left, right);
+        if mode == Mode::Infer && self.lora.is_none() {
             let epilogue = self.bn.epilogue(activation)?;
-            return conv::conv2d(x, &self.weight, self.stride, padding, &epilogue);
+            return match self.groups {
+                1 => {
+                    let padding = (top, bottom, left, right);
+                    conv::conv2d(x, &self.weight, self.stride, padding, &epilogue)
+                }
+                _ => {
+                    let (w, s) = (&self.weight, self.stride);
+                    depthwise_conv2d(x, w, (top, bottom), (left, right), s, Some(&epilogue))
+                }
+            };
         }
         let y = if self.groups > 1 {
-            depthwise_conv2d(x, &self.weight, (top, bottom), (left, right), self.stride)?
+            let (w, s) = (&self.weight, self.stride);
+            depthwise_conv2d(x, w, (top, bottom), (left, right), s, None)?
         } else if top == bottom && left == right && top == left {
             Conv2d::new(self.weight.clone(), None, self.stride, top)?.forward(x)?
         } else {
