@@ -117,10 +117,10 @@ bench-text:
 
 # Times and results side by side: just bench-gpu --jobs 8
 
-# EfficientNet-Lite0 on the CPU: forward images/s at 224 and 32, time per block, a training step
+# Every shipped architecture's forward pass and training step, xferlab beside PyTorch (CPU)
 [group('speed/GPU')]
-bench-efficientnet:
-    cargo bench --bench efficientnet
+bench-models:
+    scripts/bench-models
 
 # Compare xferlab with its PyTorch twin on fmnist-a-to-b, on a GPU machine
 [group('speed/GPU')]

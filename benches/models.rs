@@ -1,0 +1,88 @@
+//! Each shipped pretrained architecture on the CPU, what its trials spend their time on: the
+//! forward pass in inference mode (frozen blocks, the feature cache, evaluation) and a
+//! training step (train mode, forward, cross-entropy, backward: scratch and finetune). Batch
+//! 32 of 224x224 images forward, 32 of 96x96 trained; MiniLM-L6 (all-MiniLM-L6-v2's shape)
+//! embeds 64 texts of 128 tokens. Fresh weights: the arithmetic does not depend on their
+//! values. Median of 5 runs after a warm-up.
+//!
+//! Prints one tab-separated row per measurement: name, seconds, items, unit. `benches/
+//! pytorch_models.py` prints the same rows for PyTorch; `scripts/bench-models` runs both and
+//! prints them side by side. `just bench-models`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use xferlab::data::{ImageShape, Input};
+use xferlab::model::bert::BertConfig;
+use xferlab::model::{Mode, Network};
+use xferlab::spec::{Arch, ModelSpec};
+
+const RUNS: usize = 5;
+/// all-MiniLM-L6-v2's shape (its config.json), so the bench builds without the assets.
+const MINILM: &str = r#"{"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
+    "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
+    "hidden_act": "gelu"}"#;
+
+fn median_seconds(mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    run()?;
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[RUNS / 2])
+}
+
+fn row(name: &str, seconds: f64, items: usize, unit: &str) {
+    println!("{name}\t{seconds:.4}\t{items}\t{unit}");
+}
+
+fn image(size: usize) -> ImageShape {
+    ImageShape {
+        channels: 3,
+        height: size,
+        width: size,
+    }
+}
+
+fn main() -> Result<()> {
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { xferlab::device::prepare_process() };
+    let cpu = &Device::Cpu;
+    for (arch, name) in [
+        (Arch::EfficientnetLite0, "efficientnet_lite0"),
+        (Arch::Resnet18, "resnet18"),
+    ] {
+        let model = ModelSpec::plain(arch);
+        let net = Network::new(&model, image(224), 1000, 0, cpu)?;
+        let x = Tensor::randn(0f32, 1., (32, 3, 224, 224), cpu)?;
+        let seconds = median_seconds(|| net.forward(&x, None).map(drop))?;
+        row(&format!("{name} forward 224x224"), seconds, 32, "images");
+
+        let net = Network::new(&model, image(96), 10, 0, cpu)?;
+        let x = Tensor::randn(0f32, 1., (32, 3, 96, 96), cpu)?;
+        let labels = Tensor::new((0..32u32).map(|i| i % 10).collect::<Vec<_>>(), cpu)?;
+        let seconds = median_seconds(|| {
+            let features = net.forward_blocks(&x, None, 0..net.block_count(), Mode::Train)?;
+            let loss = candle_nn::loss::cross_entropy(&net.head(&features)?, &labels)?;
+            loss.backward().map(drop)
+        })?;
+        row(&format!("{name} train step 96x96"), seconds, 32, "images");
+    }
+    let config: BertConfig = serde_json::from_str(MINILM).expect("MiniLM's config.json");
+    let (texts, tokens) = (64, 128);
+    let model = ModelSpec {
+        config: Some(config),
+        max_length: Some(tokens),
+        ..ModelSpec::plain(Arch::Bert)
+    };
+    let net = Network::new(&model, Input::Tokens, 2, 0, cpu)?;
+    let ids: Vec<u32> = (0..texts * tokens).map(|i| 1000 + (i * 7919 % 29000) as u32).collect();
+    let ids = Tensor::from_vec(ids, (texts, tokens), cpu)?;
+    let mask = Tensor::ones((texts, tokens), DType::F32, cpu)?;
+    let seconds = median_seconds(|| net.forward(&ids, Some(&mask)).map(drop))?;
+    row("minilm_l6 embed 128 tokens", seconds, texts, "texts");
+    Ok(())
+}
