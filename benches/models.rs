@@ -79,7 +79,9 @@ fn main() -> Result<()> {
         ..ModelSpec::plain(Arch::Bert)
     };
     let net = Network::new(&model, Input::Tokens, 2, 0, cpu)?;
-    let ids: Vec<u32> = (0..texts * tokens).map(|i| 1000 + (i * 7919 % 29000) as u32).collect();
+    let ids: Vec<u32> = (0..texts * tokens)
+        .map(|i| 1000 + (i * 7919 % 29000) as u32)
+        .collect();
     let ids = Tensor::from_vec(ids, (texts, tokens), cpu)?;
     let mask = Tensor::ones((texts, tokens), DType::F32, cpu)?;
     let seconds = median_seconds(|| net.forward(&ids, Some(&mask)).map(drop))?;

@@ -5,8 +5,10 @@
 //!
 //! It follows Hugging Face's `BertModel` (post-LayerNorm layers, absolute positions, token
 //! type 0 for every token), with parameters named as its checkpoints name them, `embeddings.`
-//! becoming `b1.` and `encoder.layer.N.` becoming `b{N+2}.`. Every op has a gradient (the
-//! fused LayerNorm and softmax of candle-nn have none), since any block may be fine-tuned.
+//! becoming `b1.` and `encoder.layer.N.` becoming `b{N+2}.`. In training mode every op has a
+//! gradient, since any block may be fine-tuned; in inference mode (frozen blocks and
+//! evaluation, which nothing differentiates) LayerNorm and softmax are candle-nn's fused
+//! kernels, which have none.
 
 use candle_core::{D, Tensor};
 use candle_nn::Linear;
@@ -99,7 +101,8 @@ impl Activation {
     }
 }
 
-/// LayerNorm over the last dimension, from plain tensor ops so that it has a gradient.
+/// LayerNorm over the last dimension: in training mode from plain tensor ops, so that it has a
+/// gradient; in inference mode candle-nn's one fused op.
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -115,7 +118,11 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        if mode == Mode::Infer {
+            let (weight, bias) = (self.weight.detach(), self.bias.detach());
+            return candle_nn::ops::layer_norm(&x.detach(), &weight, &bias, self.eps as f32);
+        }
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
         centred
@@ -168,7 +175,7 @@ impl Embeddings {
         let x = words
             .broadcast_add(&self.position.narrow(0, 0, length)?)?
             .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
-        self.dropout.forward(&self.norm.forward(&x)?, mode)
+        self.dropout.forward(&self.norm.forward(&x, mode)?, mode)
     }
 }
 
@@ -211,7 +218,11 @@ impl Layer {
         // Padding keys get the lowest float, so that softmax gives them weight 0 (Hugging
         // Face's extended attention mask).
         let bias = ((1.0 - &mask)? * f64::from(f32::MIN))?.reshape((batch, 1, 1, length))?;
-        let probabilities = candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?;
+        let scores = scores.broadcast_add(&bias)?;
+        let probabilities = match mode {
+            Mode::Infer => candle_nn::ops::softmax_last_dim(&scores.detach())?,
+            Mode::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
         let probabilities = self.attention_dropout.forward(&probabilities, mode)?;
         let context = probabilities
             .matmul(&value)?
@@ -219,14 +230,14 @@ impl Layer {
             .reshape((batch, length, hidden))?;
         let attended = self.attention_output.forward(&context, mode)?;
         let attended = self.attention_output_dropout.forward(&attended, mode)?;
-        let x = self.attention_norm.forward(&(attended + x)?)?;
+        let x = self.attention_norm.forward(&(attended + x)?, mode)?;
         let inner = self
             .activation
             .forward(&self.intermediate.forward(&x, mode)?)?;
         let out = self
             .output_dropout
             .forward(&self.output.forward(&inner, mode)?, mode)?;
-        let x = self.output_norm.forward(&(out + x)?)?;
+        let x = self.output_norm.forward(&(out + x)?, mode)?;
         match self.pooling {
             None => Ok(x),
             Some(pooling) => pool(&x, &mask, pooling),

@@ -140,6 +140,10 @@ impl CustomOp2 for Backward {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (s, p) = (self.stride, self.padding);
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let (grad_x, grad_weight) = cpu_backward(x, weight, grad, s, p, x.track_op())?;
+            return Ok((grad_x, Some(grad_weight)));
+        }
         let (out_c, in_c, k, _) = weight.dims4()?;
         let grad_x = if x.track_op() {
             // The adjoint of a convolution: put s - 1 zeros between the gradient's pixels,
@@ -170,6 +174,167 @@ impl CustomOp2 for Backward {
         };
         debug_assert_eq!(grad_weight.dims(), [out_c, in_c, k, k]);
         Ok((grad_x, Some(grad_weight)))
+    }
+}
+
+/// The gradients of a convolution (stride `s`, padding `p` on every side) on the CPU, image
+/// by image in parallel, as PyTorch's CPU convolution does: the kernel's, sum over images of
+/// grad (O x H'W') times the image's columns transposed (H'W' x Ckk); the input's (when
+/// `want_x`), the kernel transposed (Ckk x O) times grad, added back onto the image where each
+/// column came from (col2im). Each image's columns and their gradient stay in cache, and
+/// there are no zeros between a stride-2 gradient's pixels to multiply.
+fn cpu_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    s: usize,
+    p: usize,
+    want_x: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let (n, c, h, w) = x.dims4()?;
+    let (o, _, k, _) = weight.dims4()?;
+    let (_, _, oh, ow) = grad.dims4()?;
+    let (plane, ckk, image) = (oh * ow, c * k * k, c * h * w);
+    let direct = k == 1 && s == 1 && p == 0;
+    let threads = rayon::current_num_threads();
+    let xs = host(x)?;
+    let (ws, gs) = (host(weight)?, host(grad)?);
+    let (xs, ws, gs) = (&xs[..], &ws[..], &gs[..]);
+    let mut gx = vec![0f32; if want_x { n * image } else { 0 }];
+    let slots: Vec<Option<&mut [f32]>> = match want_x {
+        true => gx.chunks_mut(image).map(Some).collect(),
+        false => (0..n).map(|_| None).collect(),
+    };
+    // Per thread: the image's columns, their gradient, and a partial kernel gradient.
+    let fresh = || (Vec::new(), Vec::new(), vec![0f32; o * ckk]);
+    let (_, _, gw) = slots
+        .into_par_iter()
+        .enumerate()
+        .fold(fresh, |(mut columns, mut gcol, mut gw), (i, gx)| {
+            let input = &xs[i * image..(i + 1) * image];
+            let g = &gs[i * o * plane..(i + 1) * o * plane];
+            let cols = if direct {
+                input
+            } else {
+                columns.resize(ckk * plane, 0.0);
+                im2col(input, (h, w), k, s, (p, p), (oh, ow), &mut columns);
+                &columns[..]
+            };
+            let parallel = match n < threads {
+                true => gemm::Parallelism::Rayon(threads),
+                false => gemm::Parallelism::None,
+            };
+            // SAFETY: every matrix below is in bounds with the strides given: g is o x plane,
+            // cols ckk x plane and ws o x ckk row-major; gw (o x ckk) and gcol/gx (ckk x
+            // plane) are this fold's own.
+            unsafe {
+                // gw += g cols^T
+                gemm::gemm(
+                    o,
+                    ckk,
+                    plane,
+                    gw.as_mut_ptr(),
+                    1,
+                    ckk as isize,
+                    true,
+                    g.as_ptr(),
+                    1,
+                    plane as isize,
+                    cols.as_ptr(),
+                    plane as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallel,
+                );
+            }
+            if let Some(gx) = gx {
+                let dst = if direct {
+                    &mut gx[..]
+                } else {
+                    gcol.resize(ckk * plane, 0.0);
+                    &mut gcol[..]
+                };
+                // SAFETY: as above; dst is ckk x plane.
+                unsafe {
+                    // dst = ws^T g
+                    gemm::gemm(
+                        ckk,
+                        plane,
+                        o,
+                        dst.as_mut_ptr(),
+                        1,
+                        plane as isize,
+                        false,
+                        ws.as_ptr(),
+                        ckk as isize,
+                        1,
+                        g.as_ptr(),
+                        1,
+                        plane as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallel,
+                    );
+                }
+                if !direct {
+                    col2im(&gcol, (h, w), k, s, (p, p), (oh, ow), gx);
+                }
+            }
+            (columns, gcol, gw)
+        })
+        .reduce(fresh, |(a, b, mut gw), (_, _, other)| {
+            gw.iter_mut().zip(&other).for_each(|(x, y)| *x += y);
+            (a, b, gw)
+        });
+    let device = x.device();
+    let grad_weight = Tensor::from_vec(gw, (o, c, k, k), device)?;
+    let grad_x = match want_x {
+        true => Some(Tensor::from_vec(gx, (n, c, h, w), device)?),
+        false => None,
+    };
+    Ok((grad_x, grad_weight))
+}
+
+/// A CPU tensor's values, contiguous.
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1()
+}
+
+/// [`im2col`]'s adjoint: adds each column value back onto the input pixel it was read from.
+fn col2im(
+    columns: &[f32],
+    (h, w): (usize, usize),
+    k: usize,
+    s: usize,
+    (top, left): (usize, usize),
+    (oh, ow): (usize, usize),
+    input: &mut [f32],
+) {
+    for (row, values) in columns.chunks(oh * ow).enumerate() {
+        let (channel, u, v) = (row / (k * k), row / k % k, row % k);
+        let plane = &mut input[channel * h * w..(channel + 1) * h * w];
+        let first = left.saturating_sub(v).div_ceil(s);
+        let end = (w + left).saturating_sub(v).div_ceil(s).min(ow);
+        if first >= end {
+            continue;
+        }
+        for (i, line) in values.chunks(ow).enumerate() {
+            let Some(y) = (i * s + u).checked_sub(top).filter(|&y| y < h) else {
+                continue;
+            };
+            let target = &mut plane[y * w..(y + 1) * w];
+            let start = first * s + v - left;
+            for (j, value) in line[first..end].iter().enumerate() {
+                target[start + j * s] += value;
+            }
+        }
     }
 }
 
