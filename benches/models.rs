@@ -7,7 +7,8 @@
 //!
 //! Prints one tab-separated row per measurement: name, seconds, items, unit. `benches/
 //! pytorch_models.py` prints the same rows for PyTorch; `scripts/bench-models` runs both and
-//! prints them side by side. `just bench-models`.
+//! prints them side by side. `just bench-models`; `cargo bench --bench models -- "resnet18
+//! train"` runs only the rows whose name contains `resnet18 train`.
 
 use std::time::Instant;
 
@@ -51,16 +52,27 @@ fn main() -> Result<()> {
     // SAFETY: first thing in main, no other thread yet.
     unsafe { xferlab::device::prepare_process() };
     let cpu = &Device::Cpu;
+    let only = std::env::args()
+        .nth(1)
+        .filter(|a| a != "--bench")
+        .unwrap_or_default();
+    let chosen = |row: &str| row.contains(&only);
     for (arch, name) in [
         (Arch::EfficientnetLite0, "efficientnet_lite0"),
         (Arch::Resnet18, "resnet18"),
     ] {
         let model = ModelSpec::plain(arch);
-        let net = Network::new(&model, image(224), 1000, 0, cpu)?;
-        let x = Tensor::randn(0f32, 1., (32, 3, 224, 224), cpu)?;
-        let seconds = median_seconds(|| net.forward(&x, None).map(drop))?;
-        row(&format!("{name} forward 224x224"), seconds, 32, "images");
-
+        let forward = format!("{name} forward 224x224");
+        if chosen(&forward) {
+            let net = Network::new(&model, image(224), 1000, 0, cpu)?;
+            let x = Tensor::randn(0f32, 1., (32, 3, 224, 224), cpu)?;
+            let seconds = median_seconds(|| net.forward(&x, None).map(drop))?;
+            row(&forward, seconds, 32, "images");
+        }
+        let train = format!("{name} train step 96x96");
+        if !chosen(&train) {
+            continue;
+        }
         let net = Network::new(&model, image(96), 10, 0, cpu)?;
         let x = Tensor::randn(0f32, 1., (32, 3, 96, 96), cpu)?;
         let labels = Tensor::new((0..32u32).map(|i| i % 10).collect::<Vec<_>>(), cpu)?;
@@ -69,7 +81,11 @@ fn main() -> Result<()> {
             let loss = candle_nn::loss::cross_entropy(&net.head(&features)?, &labels)?;
             loss.backward().map(drop)
         })?;
-        row(&format!("{name} train step 96x96"), seconds, 32, "images");
+        row(&train, seconds, 32, "images");
+    }
+    let embed = "minilm_l6 embed 128 tokens";
+    if !chosen(embed) {
+        return Ok(());
     }
     let config: BertConfig = serde_json::from_str(MINILM).expect("MiniLM's config.json");
     let (texts, tokens) = (64, 128);
@@ -85,6 +101,6 @@ fn main() -> Result<()> {
     let ids = Tensor::from_vec(ids, (texts, tokens), cpu)?;
     let mask = Tensor::ones((texts, tokens), DType::F32, cpu)?;
     let seconds = median_seconds(|| net.forward(&ids, Some(&mask)).map(drop))?;
-    row("minilm_l6 embed 128 tokens", seconds, texts, "texts");
+    row(embed, seconds, texts, "texts");
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod depthwise;
 mod dropout;
 pub mod efficientnet;
+mod im2col;
 pub mod import;
 pub mod lora;
 mod parameters;

@@ -179,7 +179,7 @@ impl Unit {
             Some(downsample) => downsample.forward(x, mode, Activation::Identity)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        Activation::Relu.forward(&(y + shortcut)?)
     }
 }
 
