@@ -10,8 +10,10 @@
 //! evaluation, which nothing differentiates) LayerNorm and softmax are candle-nn's fused
 //! kernels, which have none.
 
-use candle_core::{D, Tensor};
+use candle_core::op::{Gelu, GeluErf, UnaryOpT};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Tensor};
 use candle_nn::Linear;
+use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -92,12 +94,41 @@ impl Activation {
         }
     }
 
-    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The activation; in inference mode on the CPU one parallel pass without a gradient
+    /// (candle's CPU unary ops run on one thread), with candle's own arithmetic.
+    fn forward(self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
+        if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return x.detach().contiguous()?.apply_op1_no_bwd(&self);
+        }
         match self {
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
         }
+    }
+
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::GeluErf => GeluErf::f32(v),
+            Activation::GeluTanh => Gelu::f32(v),
+            Activation::Relu => v.max(0.0),
+        }
+    }
+}
+
+impl CustomOp1 for Activation {
+    fn name(&self) -> &'static str {
+        "bert-activation"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bert activation: the input is not contiguous");
+        };
+        let y = (x.as_slice::<f32>()?[start..end].par_iter())
+            .map(|&v| self.apply(v))
+            .collect();
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 }
 
@@ -233,7 +264,7 @@ impl Layer {
         let x = self.attention_norm.forward(&(attended + x)?, mode)?;
         let inner = self
             .activation
-            .forward(&self.intermediate.forward(&x, mode)?)?;
+            .forward(&self.intermediate.forward(&x, mode)?, mode)?;
         let out = self
             .output_dropout
             .forward(&self.output.forward(&inner, mode)?, mode)?;
