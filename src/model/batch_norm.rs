@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::Mode;
 use super::conv::{Activation, Epilogue};
+use super::f32_values;
 use super::parameters::Parameters;
 
 /// PyTorch's default BatchNorm momentum.
@@ -196,14 +197,6 @@ fn per_channel_sums(batch: usize, channels: usize, f: impl Fn(usize) -> f64 + Sy
         .collect()
 }
 
-/// A CPU storage's contiguous f32 values.
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("batch-norm: a tensor is not contiguous"),
-    }
-}
-
 impl CustomOp3 for Normalise {
     fn name(&self) -> &'static str {
         "batch-norm-train"
@@ -220,9 +213,9 @@ impl CustomOp3 for Normalise {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = layout.shape().dims4()?;
         let plane = height * width;
-        let xs = contiguous(x, layout)?;
-        let weight = contiguous(weight, weight_layout)?;
-        let bias = contiguous(bias, bias_layout)?;
+        let xs = f32_values(x, layout)?;
+        let weight = f32_values(weight, weight_layout)?;
+        let bias = f32_values(bias, bias_layout)?;
         let count = (batch * plane) as f64;
         let of = |p: usize| &xs[p * plane..][..plane];
         let mean: Vec<f64> =

@@ -11,16 +11,16 @@
 //! kernels, which have none.
 
 use candle_core::op::{Gelu, GeluErf, UnaryOpT};
-use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
 use candle_nn::Linear;
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::Mode;
 use super::dropout::{Dropout, mix};
 use super::lora;
 use super::parameters::Parameters;
+use super::{Mode, f32_values};
 use crate::spec::Pooling;
 
 /// The encoder's shape: the fields of Hugging Face's `config.json` that BERT reads.
@@ -122,10 +122,7 @@ impl CustomOp1 for Activation {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bert activation: the input is not contiguous");
-        };
-        let y = (x.as_slice::<f32>()?[start..end].par_iter())
+        let y = (f32_values(x, layout)?.par_iter())
             .map(|&v| self.apply(v))
             .collect();
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -235,6 +232,19 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let (batch, length, hidden) = x.dims3()?;
         let head = hidden / self.heads;
+        if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let attention = Attention {
+                heads: self.heads,
+                mask: mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            };
+            let (query, key) = (self.query.forward(x, mode)?, self.key.forward(x, mode)?);
+            let value = self.value.forward(x, mode)?;
+            let context =
+                query
+                    .detach()
+                    .apply_op3_no_bwd(&key.detach(), &value.detach(), &attention)?;
+            return self.finish(x, &context, mask, mode);
+        }
         // (B, S, H) to (B, heads, S, head).
         let split = |t: Tensor| {
             t.reshape((batch, length, self.heads, head))?
@@ -259,7 +269,19 @@ impl Layer {
             .matmul(&value)?
             .transpose(1, 2)?
             .reshape((batch, length, hidden))?;
-        let attended = self.attention_output.forward(&context, mode)?;
+        self.finish(x, &context, &mask, mode)
+    }
+
+    /// The layer after self-attention's context (B, S, H): its output projection, the
+    /// residual and LayerNorm, the feed-forward part, and pooling in the last layer.
+    fn finish(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        mask: &Tensor,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let attended = self.attention_output.forward(context, mode)?;
         let attended = self.attention_output_dropout.forward(&attended, mode)?;
         let x = self.attention_norm.forward(&(attended + x)?, mode)?;
         let inner = self
@@ -271,8 +293,122 @@ impl Layer {
         let x = self.output_norm.forward(&(out + x)?, mode)?;
         match self.pooling {
             None => Ok(x),
-            Some(pooling) => pool(&x, &mask, pooling),
+            Some(pooling) => pool(&x, &mask.to_dtype(x.dtype())?, pooling),
         }
+    }
+}
+
+/// Self-attention in inference mode on the CPU, as one op over query, key and value
+/// (B, S, H): for each text in parallel and each head, scores = q kᵀ / sqrt(head) plus the
+/// padding mask's bias, softmax, then the context, read and written in (B, S, H) where candle
+/// would copy to (B, heads, S, head) and back and run two tiny matrix multiplies per head,
+/// each spread over the threads.
+struct Attention {
+    heads: usize,
+    /// (B, S): 1 for a real token, 0 for padding.
+    mask: Vec<f32>,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "bert-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_layout: &Layout,
+        k: &CpuStorage,
+        k_layout: &Layout,
+        v: &CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qs = f32_values(q, q_layout)?;
+        let (ks, vs) = (f32_values(k, k_layout)?, f32_values(v, v_layout)?);
+        let (batch, length, hidden) = q_layout.shape().dims3()?;
+        let head = hidden / self.heads;
+        let scale = 1.0 / (head as f32).sqrt();
+        let mut out = vec![0f32; batch * length * hidden];
+        out.par_chunks_mut(length * hidden)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; length * length],
+                |scores, (text, out)| {
+                    let at = text * length * hidden;
+                    let mask = &self.mask[text * length..][..length];
+                    for h in 0..self.heads {
+                        let (q, k, v) = (
+                            &qs[at + h * head..],
+                            &ks[at + h * head..],
+                            &vs[at + h * head..],
+                        );
+                        // SAFETY: q, k and v hold the text's S rows of H values from head h's
+                        // column on; scores is S x S; out's rows are H apart.
+                        unsafe {
+                            // scores = q kᵀ, S x S
+                            gemm::gemm(
+                                length,
+                                length,
+                                head,
+                                scores.as_mut_ptr(),
+                                1,
+                                length as isize,
+                                false,
+                                q.as_ptr(),
+                                1,
+                                hidden as isize,
+                                k.as_ptr(),
+                                hidden as isize,
+                                1,
+                                0.0,
+                                scale,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        for row in scores.chunks_mut(length) {
+                            // Padding keys get the lowest float (Hugging Face's extended mask).
+                            for (s, &m) in row.iter_mut().zip(mask) {
+                                *s += (1.0 - m) * f32::MIN;
+                            }
+                            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            let mut sum = 0.0;
+                            for s in row.iter_mut() {
+                                *s = (*s - max).exp();
+                                sum += *s;
+                            }
+                            row.iter_mut().for_each(|s| *s /= sum);
+                        }
+                        // SAFETY: as above; out gets head h's S x head block.
+                        unsafe {
+                            gemm::gemm(
+                                length,
+                                head,
+                                length,
+                                out[h * head..].as_mut_ptr(),
+                                1,
+                                hidden as isize,
+                                false,
+                                scores.as_ptr(),
+                                1,
+                                length as isize,
+                                v.as_ptr(),
+                                1,
+                                hidden as isize,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(out), q_layout.shape().clone()))
     }
 }
 

@@ -14,6 +14,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::f32_values;
 use super::im2col::{self, Geometry};
 
 /// A square-kernel convolution (out, in, k, k) with symmetric zero padding, any stride, one
@@ -365,11 +366,9 @@ impl CustomOp1 for Activation {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("activation: the input is not contiguous");
-        };
-        let xs = &x.as_slice::<f32>()?[start..end];
-        let y: Vec<f32> = xs.par_iter().map(|&v| self.apply(v)).collect();
+        let y = (f32_values(x, layout)?.par_iter())
+            .map(|&v| self.apply(v))
+            .collect();
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -408,15 +407,7 @@ impl CustomOp2 for CpuConv {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
-            candle_core::bail!("conv2d-cpu: f32 only");
-        };
-        let (Some((x0, x1)), Some((w0, w1))) =
-            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("conv2d-cpu: contiguous tensors only");
-        };
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let (x, w) = (f32_values(x, x_layout)?, f32_values(w, w_layout)?);
         let (n, c, h, width) = x_layout.shape().dims4()?;
         let (o, wc, k, kw) = w_layout.shape().dims4()?;
         let (s, (top, bottom, left, right)) = (self.stride, self.padding);

@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::Epilogue;
+use super::f32_values;
 
 /// The k*k shifted views of `x` (N, C, H, W) that a k x k window at `stride` 1 or 2 reads
 /// after zero padding `(top, bottom)` and `(left, right)`: view (u, v) holds, at each output
@@ -209,15 +210,6 @@ impl Depthwise {
     }
 }
 
-/// The contiguous f32 values of a CPU storage.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let all = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&all[start..end]),
-        None => candle_core::bail!("depthwise: the input is not contiguous"),
-    }
-}
-
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
@@ -231,7 +223,7 @@ impl CustomOp2 for Depthwise {
         weight_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = x_layout.shape().dims4()?;
-        let (xs, ws) = (values(x, x_layout)?, values(weight, weight_layout)?);
+        let (xs, ws) = (f32_values(x, x_layout)?, f32_values(weight, weight_layout)?);
         let (k, s) = (self.kernel, self.stride);
         let (oh, ow) = (self.out_height, self.out_width);
         let mut out = vec![0f32; batch * channels * oh * ow];

@@ -436,6 +436,19 @@ impl Network {
     }
 }
 
+/// The f32 values a contiguous CPU layout covers: what the CPU kernels read.
+pub(crate) fn f32_values<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let (candle_core::CpuStorage::F32(all), Some((start, end))) =
+        (storage, layout.contiguous_offsets())
+    else {
+        candle_core::bail!("a CPU kernel expects contiguous f32 values");
+    };
+    Ok(&all[start..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var, bail};
 use candle_nn::ParamsAdamW;
 
+use crate::model::f32_values;
+
 /// Adam over a fixed set of f32 variables; `weight_decay` makes it AdamW.
 pub struct Adam {
     /// Each variable with its moments (a `[2, n]` tensor, first moments then second), what
@@ -96,14 +98,6 @@ struct Update {
     eps: f32,
 }
 
-/// The f32 values a contiguous layout covers.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (CpuStorage::F32(all), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-        bail!("adam: expected contiguous f32 values");
-    };
-    Ok(&all[start..end])
-}
-
 fn values_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
     let (CpuStorage::F32(all), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
         bail!("adam: expected contiguous f32 values");
@@ -123,7 +117,7 @@ impl InplaceOp2 for Moments {
         grad: &CpuStorage,
         grad_l: &Layout,
     ) -> Result<()> {
-        let grad = values(grad, grad_l)?;
+        let grad = f32_values(grad, grad_l)?;
         let (m, v) = values_mut(moments, moments_l)?.split_at_mut(grad.len());
         for ((m, v), &g) in m.iter_mut().zip(v).zip(grad) {
             *m = *m * self.beta1 + g * self.one_minus_beta1;
@@ -170,7 +164,7 @@ impl InplaceOp2 for Update {
         moments_l: &Layout,
     ) -> Result<()> {
         let theta = values_mut(theta, theta_l)?;
-        let (m, v) = values(moments, moments_l)?.split_at(theta.len());
+        let (m, v) = f32_values(moments, moments_l)?.split_at(theta.len());
         for ((theta, &m), &v) in theta.iter_mut().zip(m).zip(v) {
             let (m_hat, v_hat) = (m * self.scale_m, v * self.scale_v);
             *theta = *theta * self.decay - (m_hat / (v_hat.sqrt() + self.eps)) * self.lr;
