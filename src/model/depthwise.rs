@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::Epilogue;
@@ -329,6 +329,88 @@ pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
     Ok(max)
 }
 
+/// 2x2 max pooling at stride 2 (cnn6), any side: a last odd row or column is dropped, as
+/// candle and PyTorch do. candle's own `max_pool2d` passes only a quarter of the gradient to
+/// each maximum (its backward multiplies by the share of maxima in the window where it means
+/// to divide). On the CPU one op each way, the gradient going to the window's first maximum
+/// (PyTorch's choice); elsewhere the maximum of the four shifted views, whose gradient candle
+/// splits between tied maxima.
+pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op1(MaxPool2x2);
+    }
+    let (_, _, height, width) = x.dims4()?;
+    let x = x
+        .narrow(2, 0, height / 2 * 2)?
+        .narrow(3, 0, width / 2 * 2)?;
+    let views = windows(&x, 2, (0, 0), (0, 0), 2)?;
+    let mut max = views[0].clone();
+    for view in &views[1..] {
+        max = max.maximum(view)?;
+    }
+    Ok(max)
+}
+
+/// [`max_pool_2x2`] on the CPU.
+struct MaxPool2x2;
+
+impl MaxPool2x2 {
+    /// For each output pixel of each (N, C) plane in parallel, `each(plane, out index, input
+    /// index of the window's first maximum)`.
+    fn argmax(xs: &[f32], (height, width): (usize, usize), mut each: impl FnMut(usize, usize)) {
+        let (oh, ow) = (height / 2, width / 2);
+        for i in 0..oh {
+            for j in 0..ow {
+                let at = (2 * i) * width + 2 * j;
+                let mut best = at;
+                for candidate in [at + 1, at + width, at + width + 1] {
+                    if xs[candidate] > xs[best] {
+                        best = candidate;
+                    }
+                }
+                each(i * ow + j, best);
+            }
+        }
+    }
+}
+
+impl CustomOp1 for MaxPool2x2 {
+    fn name(&self) -> &'static str {
+        "max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = layout.shape().dims4()?;
+        let xs = f32_values(x, layout)?;
+        let (oh, ow) = (height / 2, width / 2);
+        let mut out = vec![0f32; batch * channels * oh * ow];
+        if oh * ow > 0 {
+            out.par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(plane, out)| {
+                    let xp = &xs[plane * height * width..][..height * width];
+                    Self::argmax(xp, (height, width), |o, i| out[o] = xp[i]);
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, height, width) = x.dims4()?;
+        let host = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
+        let (xs, gs) = (host(x)?, host(grad)?);
+        let (plane, out_plane) = (height * width, (height / 2) * (width / 2));
+        let mut dx = vec![0f32; xs.len()];
+        if out_plane > 0 {
+            dx.par_chunks_mut(plane).enumerate().for_each(|(p, dx)| {
+                let (xp, gp) = (&xs[p * plane..][..plane], &gs[p * out_plane..][..out_plane]);
+                Self::argmax(xp, (height, width), |o, i| dx[i] += gp[o]);
+            });
+        }
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +477,80 @@ mod tests {
                 difference < 1e-5,
                 "k{kernel} s{stride} {size}: {difference}"
             );
+        }
+    }
+
+    /// Forward as candle's `max_pool2d` (odd sides too); the gradient reaches each window's
+    /// maximum whole, where candle's passes a quarter of it.
+    #[test]
+    fn two_by_two_pooling_gives_the_maximum_its_whole_gradient() {
+        let device = Device::Cpu;
+        let x = Var::new(&[[[[1f32, 2.], [3., 4.]]]], &device).unwrap();
+        let grads = max_pool_2x2(&x)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let expected = [0f32, 0., 0., 1.];
+        assert_eq!(
+            grads
+                .get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            expected
+        );
+        let candles = x
+            .max_pool2d(2)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let quarter = [0f32, 0., 0., 0.25];
+        assert_eq!(
+            candles
+                .get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            quarter
+        );
+        for size in [7, 8, 28] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, size, size), &device).unwrap())
+                    .unwrap();
+            let ours = max_pool_2x2(&x).unwrap();
+            let theirs = x.max_pool2d(2).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let difference = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(difference.to_scalar::<f32>().unwrap(), 0.0, "side {size}");
+            // Random values have no ties: the gradient is 1 at each window's maximum, 0
+            // elsewhere, four times candle's.
+            let ours = ours.sum_all().unwrap().backward().unwrap();
+            let ours = ours.get(&x).unwrap().clone();
+            let total = ours.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(
+                total as usize,
+                2 * 3 * (size / 2) * (size / 2),
+                "side {size}"
+            );
+            if size % 2 == 0 {
+                let theirs = theirs.sum_all().unwrap().backward().unwrap();
+                let quadrupled = (theirs.get(&x).unwrap() * 4.0).unwrap();
+                let difference = (ours - quadrupled)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap();
+                assert_eq!(difference.to_scalar::<f32>().unwrap(), 0.0, "side {size}");
+            }
         }
     }
 
