@@ -440,16 +440,17 @@ mod tests {
                 .conv2d(&w, 0, stride, 1, 6)
                 .unwrap();
             assert_eq!(ours.dims(), theirs.dims(), "k{kernel} s{stride} {size}");
-            let difference = (&ours - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let largest_difference = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            let difference = largest_difference(&ours, &theirs);
             assert!(
                 difference < 1e-4,
                 "k{kernel} s{stride} {size}: {difference}"
@@ -463,16 +464,7 @@ mod tests {
             let fused =
                 depthwise_conv2d(&x, &w, padding.0, padding.1, stride, Some(&epilogue)).unwrap();
             let apart = epilogue.forward(&ours).unwrap();
-            let difference = (fused - apart)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let difference = largest_difference(&fused, &apart);
             assert!(
                 difference < 1e-5,
                 "k{kernel} s{stride} {size}: {difference}"
