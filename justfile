@@ -95,10 +95,10 @@ build-gpu *ARGS:
 # Trials per minute with frozen blocks run every step, with the feature cache, and with the
 # cache and --jobs 2.
 
-# Measure the CPU speed-ups on benches/cpu.yaml (about 12 minutes)
+# The feature cache and --jobs on benches/cpu.yaml (about 12 minutes)
 [group('speed/GPU')]
-bench-cpu SPEC="benches/cpu.yaml":
-    scripts/bench-cpu {{SPEC}}
+bench-cache SPEC="benches/cpu.yaml":
+    scripts/bench-cache {{SPEC}}
 
 # Check xferlab's kernels (conv backward, fused Adam) against candle's on DEVICE, then time them
 [group('speed/GPU')]
@@ -108,18 +108,18 @@ bench-kernels DEVICE="auto":
 # Trials per minute of a slice of imagenet-to-fashion (EfficientNet-Lite0, ImageNet weights)
 [group('speed/GPU')]
 bench-imagenet:
-    scripts/bench-cpu benches/imagenet-cpu.yaml
+    scripts/bench-cache benches/imagenet-cpu.yaml
 
 # Linear probes on the frozen all-MiniLM-L6-v2: encoder every step vs the feature cache
 [group('speed/GPU')]
 bench-text:
-    scripts/bench-cpu benches/minilm-cpu.yaml
+    scripts/bench-cache benches/minilm-cpu.yaml
 
 # Times and results side by side: just bench-gpu --jobs 8
 
-# Every shipped architecture's forward pass and training step, xferlab beside PyTorch (CPU)
+# Every row beside PyTorch on the CPU: each architecture's passes, a small cnn6 sweep
 [group('speed/GPU')]
-bench-models:
+bench-cpu:
     scripts/bench-models
 
 # Compare xferlab with its PyTorch twin on fmnist-a-to-b, on a GPU machine

@@ -7,7 +7,7 @@
 //!
 //! Prints one tab-separated row per measurement: name, seconds, items, unit. `benches/
 //! pytorch_models.py` prints the same rows for PyTorch; `scripts/bench-models` runs both and
-//! prints them side by side. `just bench-models`; `cargo bench --bench models -- "resnet18
+//! prints them side by side (`just bench-cpu`); `cargo bench --bench models -- "resnet18
 //! train"` runs only the rows whose name contains `resnet18 train`.
 
 use std::time::Instant;
