@@ -16,8 +16,8 @@ use rayon::prelude::*;
 
 use super::Mode;
 use super::conv::{Activation, Epilogue};
-use super::f32_values;
 use super::parameters::Parameters;
+use super::{f32_values, host_values};
 
 /// PyTorch's default BatchNorm momentum.
 pub const MOMENTUM: f64 = 0.1;
@@ -255,8 +255,8 @@ impl CustomOp3 for Normalise {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (batch, channels, height, width) = x.dims4()?;
         let plane = height * width;
-        let flat = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
-        let (xs, g, weight) = (flat(x)?, flat(grad)?, flat(weight)?);
+        let (xs, g) = (host_values(x)?, host_values(grad)?);
+        let weight = host_values(weight)?;
         let guard = self.statistics.lock().expect("statistics lock");
         let (mean, variance) = guard.as_ref().expect("the forward pass ran");
         let count = (batch * plane) as f64;

@@ -1,12 +1,13 @@
-//! A convolution with a cheaper backward pass than candle's.
+//! Convolutions cheaper than candle's, and what follows them in inference mode.
 //!
 //! candle differentiates `conv2d` with `conv_transpose2d` for the input gradient, a direct loop
 //! on the CPU and on CUDA, and computes that gradient even when the input needs none: the
-//! first trainable block, whose input is an image batch or cached frozen features. Here the
-//! input gradient is a forward convolution with the flipped kernel (im2col and a matrix
-//! multiply on both backends) of the output gradient, spread out with zeros between its
-//! pixels at stride 2 and more; it is skipped when the input does not need it. The kernel
-//! gradient is candle's own formula. `just bench-kernels` measures the difference.
+//! first trainable block, whose input is an image batch or cached frozen features. On the
+//! CPU both passes are xferlab's kernels (`super::im2col`). Elsewhere the input gradient is a
+//! forward convolution with the flipped kernel (im2col and a matrix multiply) of the output
+//! gradient, spread out with zeros between its pixels at stride 2 and more, and the kernel
+//! gradient candle's own formula. Either way the input gradient is skipped when the input
+//! does not need it. `just bench-kernels` measures the difference.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -14,8 +15,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::f32_values;
 use super::im2col::{self, Geometry};
+use super::{f32_values, host_values};
 
 /// A square-kernel convolution (out, in, k, k) with symmetric zero padding, any stride, one
 /// group, and an optional bias.
@@ -52,14 +53,22 @@ impl Conv2d {
     /// Convolves `x` (N, in, H, W) into (N, out, H', W').
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let p = self.padding;
-        let y = conv2d(
-            x,
-            &self.weight,
-            self.stride,
-            (p, p, p, p),
-            &Epilogue::default(),
-        )?;
-        let y = if x.track_op() || self.weight.track_op() {
+        let y = if is_cpu_f32(x) {
+            // The kernel op carries its own backward pass.
+            let op = CpuConv {
+                stride: self.stride,
+                padding: (p, p, p, p),
+                epilogue: Epilogue::default(),
+            };
+            x.contiguous()?.apply_op2(&self.weight.contiguous()?, op)?
+        } else if x.track_op() || self.weight.track_op() {
+            let y = conv2d(
+                x,
+                &self.weight,
+                self.stride,
+                (p, p, p, p),
+                &Epilogue::default(),
+            )?;
             x.apply_op2(
                 &self.weight,
                 Backward {
@@ -69,16 +78,20 @@ impl Conv2d {
                 },
             )?
         } else {
-            y
+            conv2d(
+                x,
+                &self.weight,
+                self.stride,
+                (p, p, p, p),
+                &Epilogue::default(),
+            )?
         };
         match &self.bias {
             Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
             None => Ok(y),
         }
     }
-}
 
-impl Conv2d {
     /// The convolution (and its bias), then `epilogue`, without a gradient graph: for
     /// inference mode, whose blocks are frozen and whose output nothing differentiates.
     pub fn forward_infer(&self, x: &Tensor, mut epilogue: Epilogue) -> Result<Tensor> {
@@ -95,8 +108,13 @@ impl Conv2d {
     }
 }
 
-/// Records a convolution already computed (`output`) in the gradient graph with this file's
-/// backward pass; its forward only hands that output over.
+/// Whether `x` takes xferlab's CPU kernels.
+fn is_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Records a convolution already computed (`output`) on a device other than the CPU in the
+/// gradient graph with this file's backward pass; its forward only hands that output over.
 struct Backward {
     output: Tensor,
     stride: usize,
@@ -145,10 +163,6 @@ impl CustomOp2 for Backward {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (s, p) = (self.stride, self.padding);
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let (grad_x, grad_weight) = cpu_backward(x, weight, grad, s, p, x.track_op())?;
-            return Ok((grad_x, Some(grad_weight)));
-        }
         let (out_c, in_c, k, _) = weight.dims4()?;
         let grad_x = if x.track_op() {
             // The adjoint of a convolution: put s - 1 zeros between the gradient's pixels,
@@ -182,20 +196,19 @@ impl CustomOp2 for Backward {
     }
 }
 
-/// The gradients of a convolution (stride `s`, padding `p` on every side) on the CPU (see
-/// [`im2col::backward`]): the input's (when `want_x`) and the kernel's.
+/// The gradients of a convolution (stride `s`, padding `top` and `left` before) on the CPU
+/// (see [`im2col::backward`]): the input's (when `want_x`) and the kernel's.
 fn cpu_backward(
     x: &Tensor,
     weight: &Tensor,
     grad: &Tensor,
     s: usize,
-    p: usize,
+    (top, left): (usize, usize),
     want_x: bool,
 ) -> Result<(Option<Tensor>, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     let (o, _, k, _) = weight.dims4()?;
     let (_, _, oh, ow) = grad.dims4()?;
-    let (top, left) = (p, p);
     let geometry = Geometry {
         n,
         c,
@@ -209,8 +222,7 @@ fn cpu_backward(
         oh,
         ow,
     };
-    let host = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
-    let (xs, ws, gs) = (host(x)?, host(weight)?, host(grad)?);
+    let (xs, ws, gs) = (host_values(x)?, host_values(weight)?, host_values(grad)?);
     let (gx, gw) = im2col::backward(&geometry, &xs, &ws, &gs, want_x);
     let device = x.device();
     let grad_x = gx
@@ -310,7 +322,7 @@ impl Activation {
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Identity => Ok(x.clone()),
-            _ if x.device().is_cpu() && x.dtype() == DType::F32 => x.apply_op1(self),
+            _ if is_cpu_f32(x) => x.apply_op1(self),
             Activation::Relu => x.relu(),
             Activation::Relu6 => x.clamp(0f32, 6f32),
         }
@@ -326,13 +338,9 @@ impl Activation {
 }
 
 /// A convolution of `x` (N, C, H, W) with `weight` (O, C, k, k) after zero padding
-/// (top, bottom, left, right), then `epilogue`; no gradient graph. On the CPU, for each image
-/// in parallel: im2col into a buffer the size of one image's columns (none for a 1x1 kernel
-/// at stride 1: the image is its own column matrix), one matrix multiply (O x Ckk by Ckk x
-/// H'W') straight into the image's NCHW output, then the epilogue while it is in cache.
-/// candle's CPU `conv2d` builds the whole batch's columns at once, multiplies into NHWC and
-/// copies that to NCHW: three passes over memory the size of the batch, freshly faulted in.
-/// Elsewhere candle's `conv2d` and tensor operations.
+/// (top, bottom, left, right), then `epilogue`; no gradient graph. On the CPU xferlab's kernel
+/// ([`im2col::forward`]: the epilogue runs while the output is in cache); elsewhere candle's
+/// `conv2d` and tensor operations.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -341,7 +349,7 @@ pub fn conv2d(
     epilogue: &Epilogue,
 ) -> Result<Tensor> {
     let (x, weight) = (x.detach(), weight.detach());
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if is_cpu_f32(&x) {
         let op = CpuConv {
             stride,
             padding,
@@ -375,8 +383,7 @@ impl CustomOp1 for Activation {
     /// The gradient passes where the output is strictly inside the activation's linear
     /// range (PyTorch's choice at the kinks).
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let host = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
-        let (ys, gs) = (host(y)?, host(grad)?);
+        let (ys, gs) = (host_values(y)?, host_values(grad)?);
         let upper = match self {
             Activation::Relu6 => 6.0,
             _ => f32::INFINITY,
@@ -388,7 +395,7 @@ impl CustomOp1 for Activation {
     }
 }
 
-/// [`conv2d`]'s CPU kernel.
+/// [`conv2d`]'s CPU kernel; without an epilogue ([`Conv2d::forward`]) also its backward pass.
 struct CpuConv {
     stride: usize,
     padding: (usize, usize, usize, usize),
@@ -436,6 +443,22 @@ impl CustomOp2 for CpuConv {
         };
         let y = im2col::forward(&geometry, x, w, &self.epilogue);
         Ok((CpuStorage::F32(y), Shape::from((n, o, oh, ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let e = &self.epilogue;
+        if e.scale.is_some() || e.shift.is_some() || e.activation != Activation::Identity {
+            candle_core::bail!("conv2d-cpu: an epilogue has no backward pass");
+        }
+        let (top, _, left, _) = self.padding;
+        let (gx, gw) = cpu_backward(x, weight, grad, self.stride, (top, left), x.track_op())?;
+        Ok((gx, Some(gw)))
     }
 }
 

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::conv::Epilogue;
-use super::f32_values;
+use super::{f32_values, host_values};
 
 /// The k*k shifted views of `x` (N, C, H, W) that a k x k window at `stride` 1 or 2 reads
 /// after zero padding `(top, bottom)` and `(left, right)`: view (u, v) holds, at each output
@@ -255,8 +255,7 @@ impl CustomOp2 for Depthwise {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (batch, channels, height, width) = x.dims4()?;
-        let flat = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
-        let (xs, ws, gs) = (flat(x)?, flat(weight)?, flat(grad)?);
+        let (xs, ws, gs) = (host_values(x)?, host_values(weight)?, host_values(grad)?);
         let (k, s) = (self.kernel, self.stride);
         let (oh, ow) = (self.out_height, self.out_width);
         let want_x = x.track_op();
@@ -397,8 +396,7 @@ impl CustomOp1 for MaxPool2x2 {
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, height, width) = x.dims4()?;
-        let host = |t: &Tensor| t.contiguous()?.flatten_all()?.to_vec1::<f32>();
-        let (xs, gs) = (host(x)?, host(grad)?);
+        let (xs, gs) = (host_values(x)?, host_values(grad)?);
         let (plane, out_plane) = (height * width, (height / 2) * (width / 2));
         let mut dx = vec![0f32; xs.len()];
         if out_plane > 0 {

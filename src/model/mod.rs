@@ -436,6 +436,12 @@ impl Network {
     }
 }
 
+/// A CPU tensor's f32 values, contiguous, copied out: what the CPU kernels' backward passes
+/// read.
+pub(crate) fn host_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.contiguous()?.flatten_all()?.to_vec1()
+}
+
 /// The f32 values a contiguous CPU layout covers: what the CPU kernels read.
 pub(crate) fn f32_values<'a>(
     storage: &'a candle_core::CpuStorage,
