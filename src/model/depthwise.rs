@@ -12,8 +12,6 @@
 //! the same order, so they agree bit for bit in the forward pass (tested). The same shifted
 //! views make ResNet's padded max pooling.
 
-use std::ops::Range;
-
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -162,7 +160,12 @@ fn depthwise_views(
     sum.ok_or_else(|| candle_core::Error::Msg("depthwise kernel of size 0".into()))
 }
 
-/// The CPU depthwise convolution: padding is implicit (taps outside the input are skipped).
+/// The CPU depthwise convolution. Each (image, channel) plane is first laid out as the
+/// padded input's stride x stride phases (phase (a, b) holds padded rows a, a + s, ... and
+/// columns b, b + s, ...), each `pitch` wide: tap (u, v) then reads phase (u % s, v % s) at
+/// a fixed offset, and one tap over the whole plane is one run of contiguous memory (the
+/// `pitch - out_width` values past each output row are computed and dropped). Row by row,
+/// the small planes of late stages (3x3) spent their time in loop overhead.
 struct Depthwise {
     kernel: usize,
     stride: usize,
@@ -175,39 +178,60 @@ struct Depthwise {
 }
 
 impl Depthwise {
-    /// Output positions `o` (< `out`) whose tap `tap` reads inside an input of `size` padded
-    /// by `pad` before: 0 <= o * stride + tap - pad < size.
-    fn valid(&self, out: usize, size: usize, pad: usize, tap: usize) -> Range<usize> {
-        let s = self.stride;
-        if size + pad <= tap {
-            return 0..0;
-        }
-        let end = ((size + pad - tap - 1) / s + 1).min(out);
-        let start = if pad > tap {
-            (pad - tap).div_ceil(s)
-        } else {
-            0
-        }
-        .min(end);
-        start..end
+    /// Width of a phase row and of the work rows (output rows plus the columns dropped).
+    fn pitch(&self) -> usize {
+        self.out_width + (self.kernel - 1) / self.stride
     }
 
-    /// Calls `each(u, v, rows, columns)` for every tap (row-major, the views' order) with the
-    /// output rows and columns it reads inside an input of `height` x `width`.
-    fn taps(
-        &self,
-        height: usize,
-        width: usize,
-        mut each: impl FnMut(usize, usize, Range<usize>, Range<usize>),
-    ) {
-        for u in 0..self.kernel {
-            let rows = self.valid(self.out_height, height, self.top, u);
-            for v in 0..self.kernel {
-                let columns = self.valid(self.out_width, width, self.left, v);
-                each(u, v, rows.clone(), columns);
+    /// Values in one phase: rows enough for every tap's run, plus one for the last run's
+    /// dropped columns.
+    fn phase_len(&self) -> usize {
+        (self.out_height + (self.kernel - 1) / self.stride + 1) * self.pitch()
+    }
+
+    /// The output plane's values in work rows.
+    fn run_len(&self) -> usize {
+        self.out_height * self.pitch()
+    }
+
+    /// Every tap (u, v), row-major (the views' order): (its index in the kernel, its phase,
+    /// where its run starts in the phase).
+    fn taps(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let (k, s, pitch) = (self.kernel, self.stride, self.pitch());
+        (0..k * k).map(move |tap| {
+            let (u, v) = (tap / k, tap % k);
+            (tap, (u % s) * s + v % s, (u / s) * pitch + v / s)
+        })
+    }
+
+    /// Where input pixel (y, x) of a `height` x `width` plane sits in the phases, if a tap
+    /// can read it: (phase, index).
+    fn place(&self, y: usize, x: usize) -> Option<(usize, usize)> {
+        let (s, pitch) = (self.stride, self.pitch());
+        let (py, px) = (y + self.top, x + self.left);
+        let (row, column) = (py / s, px / s);
+        (column < pitch && (row + 1) * pitch < self.phase_len())
+            .then_some(((py % s) * s + px % s, row * pitch + column))
+    }
+
+    /// The phases of input plane `xp` (`height` x `width`) into `phases` (zero elsewhere).
+    fn split(&self, xp: &[f32], width: usize, phases: &mut [f32]) {
+        let phase = self.phase_len();
+        phases.fill(0.0);
+        for (at, &value) in xp.iter().enumerate() {
+            if let Some((p, i)) = self.place(at / width, at % width) {
+                phases[p * phase + i] = value;
             }
         }
     }
+}
+
+/// Per-thread buffers of the CPU depthwise kernel, reused plane after plane.
+#[derive(Default)]
+struct Scratch {
+    phases: Vec<f32>,
+    run: Vec<f32>,
+    grad_phases: Vec<f32>,
 }
 
 impl CustomOp2 for Depthwise {
@@ -224,26 +248,30 @@ impl CustomOp2 for Depthwise {
     ) -> Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = x_layout.shape().dims4()?;
         let (xs, ws) = (f32_values(x, x_layout)?, f32_values(weight, weight_layout)?);
-        let (k, s) = (self.kernel, self.stride);
-        let (oh, ow) = (self.out_height, self.out_width);
+        let k = self.kernel;
+        let (oh, ow, pitch) = (self.out_height, self.out_width, self.pitch());
+        let (phase, run) = (self.phase_len(), self.run_len());
         let mut out = vec![0f32; batch * channels * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(plane, out)| {
+        out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+            Scratch::default,
+            |scratch, (plane, out)| {
                 let xp = &xs[plane * height * width..][..height * width];
                 let wp = &ws[(plane % channels) * k * k..][..k * k];
-                self.taps(height, width, |u, v, rows, columns| {
-                    let w = wp[u * k + v];
-                    for oy in rows {
-                        let row = &xp[(oy * s + u - self.top) * width..][..width];
-                        let out = &mut out[oy * ow..][..ow];
-                        for ox in columns.clone() {
-                            out[ox] += w * row[ox * s + v - self.left];
-                        }
-                    }
-                });
+                scratch.phases.resize(self.stride.pow(2) * phase, 0.0);
+                self.split(xp, width, &mut scratch.phases);
+                scratch.run.clear();
+                scratch.run.resize(run, 0.0);
+                for (tap, p, start) in self.taps() {
+                    let from = &scratch.phases[p * phase + start..][..run];
+                    let w = wp[tap];
+                    (scratch.run.iter_mut().zip(from)).for_each(|(o, &x)| *o += w * x);
+                }
+                for (out, row) in out.chunks_mut(ow).zip(scratch.run.chunks(pitch)) {
+                    out.copy_from_slice(&row[..ow]);
+                }
                 self.epilogue.apply(out, oh * ow, plane % channels);
-            });
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
     }
 
@@ -255,48 +283,65 @@ impl CustomOp2 for Depthwise {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (batch, channels, height, width) = x.dims4()?;
-        let (xs, ws, gs) = (host_values(x)?, host_values(weight)?, host_values(grad)?);
-        let (k, s) = (self.kernel, self.stride);
-        let (oh, ow) = (self.out_height, self.out_width);
+        let (x, weight, grad) = (x.contiguous()?, weight.contiguous()?, grad.contiguous()?);
+        let (xs, ws, gs) = (host_values(&x)?, host_values(&weight)?, host_values(&grad)?);
+        let k = self.kernel;
+        let (oh, ow, pitch) = (self.out_height, self.out_width, self.pitch());
+        let (phase, run) = (self.phase_len(), self.run_len());
         let want_x = x.track_op();
         let mut grad_x = vec![0f32; if want_x { xs.len() } else { 0 }];
         // Each plane's share of its channel's kernel gradient, summed over images below.
         let mut partial = vec![0f32; batch * channels * k * k];
-        let plane_grad = |plane: usize, gx: Option<&mut [f32]>, gw: &mut [f32]| {
-            let xp = &xs[plane * height * width..][..height * width];
-            let wp = &ws[(plane % channels) * k * k..][..k * k];
-            let gp = &gs[plane * oh * ow..][..oh * ow];
-            let mut gx = gx;
-            self.taps(height, width, |u, v, rows, columns| {
-                let (w, mut sum) = (wp[u * k + v], 0f32);
-                for oy in rows {
-                    let iy = oy * s + u - self.top;
-                    let g = &gp[oy * ow..][..ow];
-                    let row = &xp[iy * width..][..width];
-                    for ox in columns.clone() {
-                        sum += g[ox] * row[ox * s + v - self.left];
+        let plane_grad =
+            |scratch: &mut Scratch, plane: usize, gx: Option<&mut [f32]>, gw: &mut [f32]| {
+                let xp = &xs[plane * height * width..][..height * width];
+                let wp = &ws[(plane % channels) * k * k..][..k * k];
+                let gp = &gs[plane * oh * ow..][..oh * ow];
+                let phases = self.stride.pow(2) * phase;
+                scratch.phases.resize(phases, 0.0);
+                self.split(xp, width, &mut scratch.phases);
+                // The output gradient in work rows, zero in the dropped columns.
+                scratch.run.clear();
+                scratch.run.resize(run, 0.0);
+                for (row, g) in scratch.run.chunks_mut(pitch).zip(gp.chunks(ow)) {
+                    row[..ow].copy_from_slice(g);
+                }
+                scratch.grad_phases.clear();
+                scratch
+                    .grad_phases
+                    .resize(if gx.is_some() { phases } else { 0 }, 0.0);
+                for (tap, p, start) in self.taps() {
+                    let from = &scratch.phases[p * phase + start..][..run];
+                    gw[tap] = dot(&scratch.run, from);
+                    if gx.is_some() {
+                        let to = &mut scratch.grad_phases[p * phase + start..][..run];
+                        let w = wp[tap];
+                        (to.iter_mut().zip(&scratch.run)).for_each(|(x, &g)| *x += w * g);
                     }
-                    if let Some(gx) = gx.as_deref_mut() {
-                        let row = &mut gx[iy * width..][..width];
-                        for ox in columns.clone() {
-                            row[ox * s + v - self.left] += w * g[ox];
+                }
+                if let Some(gx) = gx {
+                    for (at, value) in gx.iter_mut().enumerate() {
+                        if let Some((p, i)) = self.place(at / width, at % width) {
+                            *value = scratch.grad_phases[p * phase + i];
                         }
                     }
                 }
-                gw[u * k + v] = sum;
-            });
-        };
+            };
         if want_x {
             grad_x
                 .par_chunks_mut(height * width)
                 .zip(partial.par_chunks_mut(k * k))
                 .enumerate()
-                .for_each(|(plane, (gx, gw))| plane_grad(plane, Some(gx), gw));
+                .for_each_init(Scratch::default, |scratch, (plane, (gx, gw))| {
+                    plane_grad(scratch, plane, Some(gx), gw)
+                });
         } else {
             partial
                 .par_chunks_mut(k * k)
                 .enumerate()
-                .for_each(|(plane, gw)| plane_grad(plane, None, gw));
+                .for_each_init(Scratch::default, |scratch, (plane, gw)| {
+                    plane_grad(scratch, plane, None, gw)
+                });
         }
         let mut grad_w = vec![0f32; channels * k * k];
         for (plane, gw) in partial.chunks(k * k).enumerate() {
@@ -313,6 +358,22 @@ impl CustomOp2 for Depthwise {
         let grad_w = Tensor::from_vec(grad_w, weight.shape(), weight.device())?;
         Ok((grad_x, Some(grad_w)))
     }
+}
+
+/// The sum of `a[j] * b[j]`, in eight partial sums: one running f32 sum is a chain of
+/// dependent additions that neither vectorises nor overlaps.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a, b) = (a.chunks_exact(8), b[..a.len()].chunks_exact(8));
+    let tail: f32 = (a.remainder().iter().zip(b.remainder()))
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut lanes = [0f32; 8];
+    for (a, b) in a.zip(b) {
+        for ((lane, x), y) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// 3x3 max pooling at stride 2 with one pixel of padding (ResNet's stem), for inputs that
@@ -396,7 +457,8 @@ impl CustomOp1 for MaxPool2x2 {
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, height, width) = x.dims4()?;
-        let (xs, gs) = (host_values(x)?, host_values(grad)?);
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let (xs, gs) = (host_values(&x)?, host_values(&grad)?);
         let (plane, out_plane) = (height * width, (height / 2) * (width / 2));
         let mut dx = vec![0f32; xs.len()];
         if out_plane > 0 {
