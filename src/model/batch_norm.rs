@@ -255,8 +255,9 @@ impl CustomOp3 for Normalise {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (batch, channels, height, width) = x.dims4()?;
         let plane = height * width;
-        let (xs, g) = (host_values(x)?, host_values(grad)?);
-        let weight = host_values(weight)?;
+        let (x, grad, weight) = (x.contiguous()?, grad.contiguous()?, weight.contiguous()?);
+        let (xs, g) = (host_values(&x)?, host_values(&grad)?);
+        let weight = host_values(&weight)?;
         let guard = self.statistics.lock().expect("statistics lock");
         let (mean, variance) = guard.as_ref().expect("the forward pass ran");
         let count = (batch * plane) as f64;

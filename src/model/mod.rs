@@ -436,10 +436,39 @@ impl Network {
     }
 }
 
-/// A CPU tensor's f32 values, contiguous, copied out: what the CPU kernels' backward passes
-/// read.
-pub(crate) fn host_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1()
+/// A contiguous CPU tensor's f32 values, read where they lie (a read lock on its storage):
+/// what the CPU kernels' backward passes read. Callers pass `t.contiguous()?`, which is `t`
+/// itself when it already is.
+pub(crate) fn host_values(t: &Tensor) -> candle_core::Result<HostValues<'_>> {
+    let (storage, layout) = t.storage_and_layout();
+    let range = match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let values = f32_values(cpu, layout)?;
+            let start = layout.start_offset();
+            start..start + values.len()
+        }
+        _ => candle_core::bail!("a CPU kernel's backward pass got a tensor off the CPU"),
+    };
+    Ok(HostValues { storage, range })
+}
+
+/// [`host_values`]: derefs to the values.
+pub(crate) struct HostValues<'a> {
+    storage: candle_core::StorageRef<'a>,
+    range: Range<usize>,
+}
+
+impl std::ops::Deref for HostValues<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)) => {
+                &all[self.range.clone()]
+            }
+            _ => unreachable!("host_values checked the storage"),
+        }
+    }
 }
 
 /// The f32 values a contiguous CPU layout covers: what the CPU kernels read.
