@@ -5,7 +5,8 @@ use candle_core::Device;
 use crate::error::InputError;
 pub use crate::spec::{CHOICES, DeviceChoice};
 
-/// Settings for CPU work: candle's thread count read once, freed memory kept.
+/// Settings for CPU work: candle's thread count read once, its element-wise ops on the
+/// calling thread, freed memory kept.
 ///
 /// # Safety
 /// Call it first thing in `main`, before any other thread exists: it sets an environment
@@ -14,6 +15,21 @@ pub unsafe fn prepare_process() {
     keep_freed_memory();
     // SAFETY: the caller promises that no other thread exists yet.
     unsafe { count_threads_once() };
+    // SAFETY: as above.
+    unsafe { one_thread_pool() };
+}
+
+/// candle 0.11 runs its element-wise ops on a pool of its own (cores - 1 threads besides the
+/// caller) that spin while waiting, beside rayon's pool, which runs xferlab's kernels and the
+/// matrix multiplies: on 2 cores the two pools' spinning threads crowd each other out, and
+/// the caller waited on candle's pool for a sixth of a training step. Element-wise ops on
+/// the calling thread make training steps faster and forward passes no slower
+/// (docs/speed.md). `CANDLE_NUM_THREADS` set by the user wins.
+unsafe fn one_thread_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet (`prepare_process`).
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
 }
 
 /// candle asks for its CPU thread count before every parallel kernel and, unless
