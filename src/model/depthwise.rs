@@ -204,25 +204,36 @@ impl Depthwise {
         })
     }
 
-    /// Where input pixel (y, x) of a `height` x `width` plane sits in the phases, if a tap
-    /// can read it: (phase, index).
-    fn place(&self, y: usize, x: usize) -> Option<(usize, usize)> {
-        let (s, pitch) = (self.stride, self.pitch());
-        let (py, px) = (y + self.top, x + self.left);
-        let (row, column) = (py / s, px / s);
-        (column < pitch && (row + 1) * pitch < self.phase_len())
-            .then_some(((py % s) * s + px % s, row * pitch + column))
-    }
-
-    /// The phases of input plane `xp` (`height` x `width`) into `phases` (zero elsewhere).
-    fn split(&self, xp: &[f32], width: usize, phases: &mut [f32]) {
-        let phase = self.phase_len();
-        phases.fill(0.0);
-        for (at, &value) in xp.iter().enumerate() {
-            if let Some((p, i)) = self.place(at / width, at % width) {
-                phases[p * phase + i] = value;
+    /// Calls `each(at, i)` for every pixel of a `width`-wide input plane of `pixels` that a
+    /// tap can read: its index in the plane and its index in the phases (phase after phase).
+    /// Row by row with running counters: a division per pixel cost more than the taps.
+    fn placed(&self, pixels: usize, width: usize, mut each: impl FnMut(usize, usize)) {
+        let (s, pitch, phase) = (self.stride, self.pitch(), self.phase_len());
+        let rows = phase / pitch - 1;
+        for y in 0..pixels / width {
+            let (a, row) = ((y + self.top) % s, (y + self.top) / s);
+            if row >= rows {
+                break;
+            }
+            let start = a * s * phase + row * pitch;
+            let (mut b, mut column) = (self.left % s, self.left / s);
+            for x in 0..width {
+                if column >= pitch {
+                    break;
+                }
+                each(y * width + x, start + b * phase + column);
+                b += 1;
+                if b == s {
+                    (b, column) = (0, column + 1);
+                }
             }
         }
+    }
+
+    /// The phases of input plane `xp` (`width` wide) into `phases` (zero elsewhere).
+    fn split(&self, xp: &[f32], width: usize, phases: &mut [f32]) {
+        phases.fill(0.0);
+        self.placed(xp.len(), width, |at, i| phases[i] = xp[at]);
     }
 }
 
@@ -320,11 +331,8 @@ impl CustomOp2 for Depthwise {
                     }
                 }
                 if let Some(gx) = gx {
-                    for (at, value) in gx.iter_mut().enumerate() {
-                        if let Some((p, i)) = self.place(at / width, at % width) {
-                            *value = scratch.grad_phases[p * phase + i];
-                        }
-                    }
+                    let grad_phases = &scratch.grad_phases;
+                    self.placed(gx.len(), width, |at, i| gx[at] = grad_phases[i]);
                 }
             };
         if want_x {
