@@ -204,10 +204,11 @@ impl Depthwise {
         })
     }
 
-    /// Calls `each(at, i)` for every pixel of a `width`-wide input plane of `pixels` that a
-    /// tap can read: its index in the plane and its index in the phases (phase after phase).
+    /// Calls `each(at, i, 1)` for every pixel of a `width`-wide input plane of `pixels` that
+    /// a tap can read: its index in the plane and its index in the phases (phase after phase).
     /// Row by row with running counters: a division per pixel cost more than the taps.
-    fn placed(&self, pixels: usize, width: usize, mut each: impl FnMut(usize, usize)) {
+    /// At stride 1 `each` gets runs instead: `each(at, i, n)` for n pixels in a row.
+    fn placed(&self, pixels: usize, width: usize, mut each: impl FnMut(usize, usize, usize)) {
         let (s, pitch, phase) = (self.stride, self.pitch(), self.phase_len());
         let rows = phase / pitch - 1;
         for y in 0..pixels / width {
@@ -215,13 +216,18 @@ impl Depthwise {
             if row >= rows {
                 break;
             }
+            if s == 1 {
+                let run = width.min(pitch.saturating_sub(self.left));
+                each(y * width, row * pitch + self.left, run);
+                continue;
+            }
             let start = a * s * phase + row * pitch;
             let (mut b, mut column) = (self.left % s, self.left / s);
             for x in 0..width {
                 if column >= pitch {
                     break;
                 }
-                each(y * width + x, start + b * phase + column);
+                each(y * width + x, start + b * phase + column, 1);
                 b += 1;
                 if b == s {
                     (b, column) = (0, column + 1);
@@ -233,7 +239,9 @@ impl Depthwise {
     /// The phases of input plane `xp` (`width` wide) into `phases` (zero elsewhere).
     fn split(&self, xp: &[f32], width: usize, phases: &mut [f32]) {
         phases.fill(0.0);
-        self.placed(xp.len(), width, |at, i| phases[i] = xp[at]);
+        self.placed(xp.len(), width, |at, i, n| {
+            phases[i..i + n].copy_from_slice(&xp[at..at + n]);
+        });
     }
 }
 
@@ -332,7 +340,9 @@ impl CustomOp2 for Depthwise {
                 }
                 if let Some(gx) = gx {
                     let grad_phases = &scratch.grad_phases;
-                    self.placed(gx.len(), width, |at, i| gx[at] = grad_phases[i]);
+                    self.placed(gx.len(), width, |at, i, n| {
+                        gx[at..at + n].copy_from_slice(&grad_phases[i..i + n]);
+                    });
                 }
             };
         if want_x {
