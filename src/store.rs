@@ -188,6 +188,9 @@ pub fn save_atomic(path: &Path, save: impl FnOnce(&Path) -> candle_core::Result<
     let context = || format!("cannot write {}", path.display());
     let temp = temp_beside(path)?;
     save(temp.path()).map_err(|e| Error::io(context())(std::io::Error::other(e)))?;
+    // On disk before the rename, as records are: else a crash could leave an empty file
+    // under the final name.
+    temp.as_file().sync_all().map_err(Error::io(context()))?;
     temp.persist(path)
         .map_err(|e| Error::io(context())(e.error))?;
     Ok(())
