@@ -117,10 +117,16 @@ bench-text:
 
 # Times and results side by side: just bench-gpu --jobs 8
 
-# Every row beside PyTorch on the CPU: each architecture's passes, a small cnn6 sweep
+# Every row beside PyTorch on the CPU: each architecture's passes, three sweeps
 [group('speed/GPU')]
 bench-cpu:
     scripts/bench-models
+
+# One sweep against its PyTorch twin: just bench-sweep SPEC --set 'sweep.seed=[0]'
+[group('speed/GPU')]
+bench-sweep SPEC *ARGS:
+    cargo build --release --locked
+    scripts/bench-sweep {{SPEC}} {{ARGS}}
 
 # Compare xferlab with its PyTorch twin on fmnist-a-to-b, on a GPU machine
 [group('speed/GPU')]

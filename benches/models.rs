@@ -1,7 +1,7 @@
 //! Each shipped pretrained architecture on the CPU, what its trials spend their time on: the
 //! forward pass in inference mode (frozen blocks, the feature cache, evaluation) and a
 //! training step (train mode, forward, cross-entropy, backward: scratch and finetune). Batch
-//! 32 of 224x224 images forward, 32 of 96x96 trained; MiniLM-L6 (all-MiniLM-L6-v2's shape)
+//! 32 of 224x224 images forward, 32 of 96x96 trained (cnn6: 32 of 28x28 grey images); MiniLM-L6 (all-MiniLM-L6-v2's shape)
 //! embeds 64 texts of 128 tokens. Fresh weights: the arithmetic does not depend on their
 //! values. Median of 5 runs after a warm-up.
 //!
@@ -34,6 +34,17 @@ fn median_seconds(mut run: impl FnMut() -> Result<()>) -> Result<f64> {
     }
     times.sort_by(f64::total_cmp);
     Ok(times[RUNS / 2])
+}
+
+/// A training step on `x` (32 images) with labels 0..10: forward in train mode through every
+/// block and the head, cross-entropy, backward.
+fn train_step_seconds(net: &Network, x: &Tensor) -> Result<f64> {
+    let labels = Tensor::new((0..32u32).map(|i| i % 10).collect::<Vec<_>>(), x.device())?;
+    median_seconds(|| {
+        let features = net.forward_blocks(x, None, 0..net.block_count(), Mode::Train)?;
+        let loss = candle_nn::loss::cross_entropy(&net.head(&features)?, &labels)?;
+        loss.backward().map(drop)
+    })
 }
 
 fn row(name: &str, seconds: f64, items: usize, unit: &str) {
@@ -75,13 +86,21 @@ fn main() -> Result<()> {
         }
         let net = Network::new(&model, image(96), 10, 0, cpu)?;
         let x = Tensor::randn(0f32, 1., (32, 3, 96, 96), cpu)?;
-        let labels = Tensor::new((0..32u32).map(|i| i % 10).collect::<Vec<_>>(), cpu)?;
-        let seconds = median_seconds(|| {
-            let features = net.forward_blocks(&x, None, 0..net.block_count(), Mode::Train)?;
-            let loss = candle_nn::loss::cross_entropy(&net.head(&features)?, &labels)?;
-            loss.backward().map(drop)
-        })?;
+        let seconds = train_step_seconds(&net, &x)?;
         row(&train, seconds, 32, "images");
+    }
+    // cnn6, the small A-to-B sweep's network: its scratch and finetune trials' step.
+    let train = "cnn6 train step 28x28";
+    if chosen(train) {
+        let grey = ImageShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let net = Network::new(&ModelSpec::plain(Arch::Cnn6), grey, 10, 0, cpu)?;
+        let x = Tensor::randn(0f32, 1., (32, 1, 28, 28), cpu)?;
+        let seconds = train_step_seconds(&net, &x)?;
+        row(train, seconds, 32, "images");
     }
     let embed = "minilm_l6 embed 128 tokens";
     if !chosen(embed) {

@@ -6,7 +6,7 @@ squeeze-excitation: the arithmetic xferlab's efficientnet_lite0 follows), ResNet
 torchvision's `resnet18`, MiniLM-L6 a Hugging Face `BertModel` of all-MiniLM-L6-v2's shape
 with mean pooling; fresh weights. Forward passes in `eval()` under `torch.no_grad()` (224x224,
 batch 32; 64 texts of 128 tokens); a training step in `train()`: forward, cross-entropy,
-backward, no optimizer (96x96, batch 32). Median of 5 after a warm-up, on as many threads as
+backward, no optimizer (96x96, batch 32; cnn6 28x28 grey, as in the small A-to-B sweep). Median of 5 after a warm-up, on as many threads as
 xferlab uses (the machine's cores).
 
 Prints one tab-separated row per measurement: name, seconds, items, unit. Needs torch,
@@ -21,6 +21,7 @@ import timm
 import torch
 import torchvision
 import transformers
+from pytorch_twin import cnn6
 
 RUNS = 5
 
@@ -65,6 +66,17 @@ def main():
             torch.nn.functional.cross_entropy(model(x), labels).backward()
 
         row(f"{name} train step 96x96", median_seconds(step), 32, "images")
+
+    # cnn6 as benches/pytorch_twin.py builds it (the small A-to-B sweep's network).
+    model = cnn6(10).train()
+    x = torch.randn(32, 1, 28, 28)
+    labels = torch.arange(32) % 10
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+
+    row("cnn6 train step 28x28", median_seconds(step), 32, "images")
 
     config = transformers.BertConfig(
         vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
