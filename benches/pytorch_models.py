@@ -40,6 +40,20 @@ def row(name, seconds, items, unit):
     print(f"{name}\t{seconds:.4f}\t{items}\t{unit}", flush=True)
 
 
+def train_step_seconds(model, image):
+    """A training step on 32 random images of shape `image`, labels 0..9: forward in train
+    mode, cross-entropy, backward."""
+    model.train()
+    x = torch.randn(32, *image)
+    labels = torch.arange(32) % 10
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+
+    return median_seconds(step)
+
+
 def main():
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
@@ -57,26 +71,10 @@ def main():
                 model(x)
 
         row(f"{name} forward 224x224", median_seconds(forward), 32, "images")
-        model = make(10).train()
-        x = torch.randn(32, 3, 96, 96)
-        labels = torch.arange(32) % 10
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), labels).backward()
-
-        row(f"{name} train step 96x96", median_seconds(step), 32, "images")
+        row(f"{name} train step 96x96", train_step_seconds(make(10), (3, 96, 96)), 32, "images")
 
     # cnn6 as benches/pytorch_twin.py builds it (the small A-to-B sweep's network).
-    model = cnn6(10).train()
-    x = torch.randn(32, 1, 28, 28)
-    labels = torch.arange(32) % 10
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), labels).backward()
-
-    row("cnn6 train step 28x28", median_seconds(step), 32, "images")
+    row("cnn6 train step 28x28", train_step_seconds(cnn6(10), (1, 28, 28)), 32, "images")
 
     config = transformers.BertConfig(
         vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
