@@ -1,7 +1,8 @@
 //! Each shipped pretrained architecture on the CPU, what its trials spend their time on: the
 //! forward pass in inference mode (frozen blocks, the feature cache, evaluation) and a
 //! training step (train mode, forward, cross-entropy, backward: scratch and finetune). Batch
-//! 32 of 224x224 images forward, 32 of 96x96 trained (cnn6: 32 of 28x28 grey images); MiniLM-L6 (all-MiniLM-L6-v2's shape)
+//! 32 of 224x224 images forward, 32 of 96x96 trained (cnn6: 32 of 28x28 grey images;
+//! EfficientNet-Lite0 also at imagenet-to-fashion's 32x32: 256 forward, 32 trained); MiniLM-L6 (all-MiniLM-L6-v2's shape)
 //! embeds 64 texts of 128 tokens. Fresh weights: the arithmetic does not depend on their
 //! values. Median of 5 runs after a warm-up.
 //!
@@ -88,6 +89,28 @@ fn main() -> Result<()> {
         let x = Tensor::randn(0f32, 1., (32, 3, 96, 96), cpu)?;
         let seconds = train_step_seconds(&net, &x)?;
         row(&train, seconds, 32, "images");
+    }
+    // EfficientNet-Lite0 at imagenet-to-fashion's 32x32: planes of 1x1 to 16x16, where fixed
+    // costs per plane weigh most. Forward in evaluation's large batches, a step at batch 32.
+    let forward = "efficientnet_lite0 forward 32x32";
+    let train = "efficientnet_lite0 train step 32x32";
+    if chosen(forward) || chosen(train) {
+        let net = Network::new(
+            &ModelSpec::plain(Arch::EfficientnetLite0),
+            image(32),
+            10,
+            0,
+            cpu,
+        )?;
+        if chosen(forward) {
+            let x = Tensor::randn(0f32, 1., (256, 3, 32, 32), cpu)?;
+            let seconds = median_seconds(|| net.forward(&x, None).map(drop))?;
+            row(forward, seconds, 256, "images");
+        }
+        if chosen(train) {
+            let x = Tensor::randn(0f32, 1., (32, 3, 32, 32), cpu)?;
+            row(train, train_step_seconds(&net, &x)?, 32, "images");
+        }
     }
     // cnn6, the small A-to-B sweep's network: its scratch and finetune trials' step.
     let train = "cnn6 train step 28x28";

@@ -6,7 +6,8 @@ squeeze-excitation: the arithmetic xferlab's efficientnet_lite0 follows), ResNet
 torchvision's `resnet18`, MiniLM-L6 a Hugging Face `BertModel` of all-MiniLM-L6-v2's shape
 with mean pooling; fresh weights. Forward passes in `eval()` under `torch.no_grad()` (224x224,
 batch 32; 64 texts of 128 tokens); a training step in `train()`: forward, cross-entropy,
-backward, no optimizer (96x96, batch 32; cnn6 28x28 grey, as in the small A-to-B sweep). Median of 5 after a warm-up, on as many threads as
+backward, no optimizer (96x96, batch 32; cnn6 28x28 grey, as in the small A-to-B sweep;
+EfficientNet-Lite0 also at imagenet-to-fashion's 32x32: 256 forward, 32 trained). Median of 5 after a warm-up, on as many threads as
 xferlab uses (the machine's cores).
 
 Prints one tab-separated row per measurement: name, seconds, items, unit. Needs torch,
@@ -72,6 +73,17 @@ def main():
 
         row(f"{name} forward 224x224", median_seconds(forward), 32, "images")
         row(f"{name} train step 96x96", train_step_seconds(make(10), (3, 96, 96)), 32, "images")
+
+    # EfficientNet-Lite0 at imagenet-to-fashion's 32x32 (evaluation's large batches forward).
+    model = models["efficientnet_lite0"](10).eval()
+    x = torch.randn(256, 3, 32, 32)
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    row("efficientnet_lite0 forward 32x32", median_seconds(forward), 256, "images")
+    row("efficientnet_lite0 train step 32x32", train_step_seconds(model, (3, 32, 32)), 32, "images")
 
     # cnn6 as benches/pytorch_twin.py builds it (the small A-to-B sweep's network).
     row("cnn6 train step 28x28", train_step_seconds(cnn6(10), (1, 28, 28)), 32, "images")

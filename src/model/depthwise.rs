@@ -194,14 +194,34 @@ impl Depthwise {
         self.out_height * self.pitch()
     }
 
-    /// Every tap (u, v), row-major (the views' order): (its index in the kernel, its phase,
-    /// where its run starts in the phase).
-    fn taps(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-        let (k, s, pitch) = (self.kernel, self.stride, self.pitch());
-        (0..k * k).map(move |tap| {
-            let (u, v) = (tap / k, tap % k);
-            (tap, (u % s) * s + v % s, (u / s) * pitch + v / s)
-        })
+    /// Every tap (u, v) that reads any of the input, row-major (the views' order), with the
+    /// part of its run that does: a tap's other values read padding (zeros), so skipping them
+    /// changes no sum, and on the late stages' small planes (1x1 to 4x4, where a 5x5 kernel
+    /// mostly overhangs the input) most of the work went there. Made once per call: integer
+    /// divisions per tap and plane cost more than a small plane's arithmetic.
+    fn taps(&self, height: usize, width: usize) -> Vec<Tap> {
+        let (k, s, pitch, phase) = (self.kernel, self.stride, self.pitch(), self.phase_len());
+        // The output indices whose window position `o * s + u` lands on the input, padded by
+        // `before` in front of `size` values.
+        let reads = |u: usize, before: usize, size: usize, outputs: usize| {
+            let first = before.saturating_sub(u).div_ceil(s);
+            let last = ((before + size).saturating_sub(u + 1) / s).min(outputs - 1);
+            (before + size > u && first <= last).then_some((first, last))
+        };
+        (0..k * k)
+            .filter_map(|index| {
+                let (u, v) = (index / k, index % k);
+                let (top, bottom) = reads(u, self.top, height, self.out_height)?;
+                let (left, right) = reads(v, self.left, width, self.out_width)?;
+                let phase_start = ((u % s) * s + v % s) * phase + (u / s) * pitch + v / s;
+                let (begin, end) = (top * pitch + left, bottom * pitch + right + 1);
+                Some(Tap {
+                    index,
+                    from: phase_start + begin,
+                    run: begin..end,
+                })
+            })
+            .collect()
     }
 
     /// Calls `each(at, i, 1)` for every pixel of a `width`-wide input plane of `pixels` that
@@ -245,6 +265,14 @@ impl Depthwise {
     }
 }
 
+/// One kernel tap of the CPU depthwise kernel: work rows' values `run` (output rows at
+/// `pitch`) add `w[index]` times the phases' values from `from` on.
+struct Tap {
+    index: usize,
+    from: usize,
+    run: std::ops::Range<usize>,
+}
+
 /// Per-thread buffers of the CPU depthwise kernel, reused plane after plane.
 #[derive(Default)]
 struct Scratch {
@@ -270,6 +298,7 @@ impl CustomOp2 for Depthwise {
         let k = self.kernel;
         let (oh, ow, pitch) = (self.out_height, self.out_width, self.pitch());
         let (phase, run) = (self.phase_len(), self.run_len());
+        let taps = self.taps(height, width);
         let mut out = vec![0f32; batch * channels * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
             Scratch::default,
@@ -280,10 +309,11 @@ impl CustomOp2 for Depthwise {
                 self.split(xp, width, &mut scratch.phases);
                 scratch.run.clear();
                 scratch.run.resize(run, 0.0);
-                for (tap, p, start) in self.taps() {
-                    let from = &scratch.phases[p * phase + start..][..run];
-                    let w = wp[tap];
-                    (scratch.run.iter_mut().zip(from)).for_each(|(o, &x)| *o += w * x);
+                for tap in &taps {
+                    let from = &scratch.phases[tap.from..][..tap.run.len()];
+                    let w = wp[tap.index];
+                    let to = &mut scratch.run[tap.run.clone()];
+                    (to.iter_mut().zip(from)).for_each(|(o, &x)| *o += w * x);
                 }
                 for (out, row) in out.chunks_mut(ow).zip(scratch.run.chunks(pitch)) {
                     out.copy_from_slice(&row[..ow]);
@@ -311,6 +341,7 @@ impl CustomOp2 for Depthwise {
         let mut grad_x = vec![0f32; if want_x { xs.len() } else { 0 }];
         // Each plane's share of its channel's kernel gradient, summed over images below.
         let mut partial = vec![0f32; batch * channels * k * k];
+        let taps = self.taps(height, width);
         let plane_grad =
             |scratch: &mut Scratch, plane: usize, gx: Option<&mut [f32]>, gw: &mut [f32]| {
                 let xp = &xs[plane * height * width..][..height * width];
@@ -329,13 +360,14 @@ impl CustomOp2 for Depthwise {
                 scratch
                     .grad_phases
                     .resize(if gx.is_some() { phases } else { 0 }, 0.0);
-                for (tap, p, start) in self.taps() {
-                    let from = &scratch.phases[p * phase + start..][..run];
-                    gw[tap] = dot(&scratch.run, from);
+                for tap in &taps {
+                    let from = &scratch.phases[tap.from..][..tap.run.len()];
+                    let g = &scratch.run[tap.run.clone()];
+                    gw[tap.index] = dot(g, from);
                     if gx.is_some() {
-                        let to = &mut scratch.grad_phases[p * phase + start..][..run];
-                        let w = wp[tap];
-                        (to.iter_mut().zip(&scratch.run)).for_each(|(x, &g)| *x += w * g);
+                        let to = &mut scratch.grad_phases[tap.from..][..tap.run.len()];
+                        let w = wp[tap.index];
+                        (to.iter_mut().zip(g)).for_each(|(x, &g)| *x += w * g);
                     }
                 }
                 if let Some(gx) = gx {
@@ -664,6 +696,10 @@ mod tests {
             (5, 2, (14, 11), ((1, 2), (2, 2))),
             (3, 2, (7, 8), ((0, 1), (1, 1))),
             (5, 1, (4, 4), ((2, 2), (2, 2))),
+            // The late stages at 32x32: kernels overhanging 1x1 and 2x2 planes.
+            (5, 1, (1, 1), ((2, 2), (2, 2))),
+            (5, 2, (2, 2), ((1, 2), (1, 2))),
+            (3, 1, (2, 2), ((1, 1), (1, 1))),
         ] {
             let case = format!("k{kernel} s{stride} {h}x{w}");
             let x =
