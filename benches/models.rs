@@ -3,7 +3,7 @@
 //! training step (train mode, forward, cross-entropy, backward: scratch and finetune). Batch
 //! 32 of 224x224 images forward, 32 of 96x96 trained (cnn6: 32 of 28x28 grey images;
 //! EfficientNet-Lite0 also at imagenet-to-fashion's 32x32: 256 forward, 32 trained); MiniLM-L6 (all-MiniLM-L6-v2's shape)
-//! embeds 64 texts of 128 tokens. Fresh weights: the arithmetic does not depend on their
+//! embeds 64 texts of 128 tokens and trains on 16 of 64 (minilm-to-spam's step). Fresh weights: the arithmetic does not depend on their
 //! values. Median of 5 runs after a warm-up.
 //!
 //! Prints one tab-separated row per measurement: name, seconds, items, unit. `benches/
@@ -37,12 +37,21 @@ fn median_seconds(mut run: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times[RUNS / 2])
 }
 
-/// A training step on `x` (32 images) with labels 0..10: forward in train mode through every
-/// block and the head, cross-entropy, backward.
-fn train_step_seconds(net: &Network, x: &Tensor) -> Result<f64> {
-    let labels = Tensor::new((0..32u32).map(|i| i % 10).collect::<Vec<_>>(), x.device())?;
+/// A training step on `x` (images, or token ids with their `mask`) with labels 0, 1, 2, ...
+/// modulo `classes`: forward in train mode through every block and the head, cross-entropy,
+/// backward.
+fn train_step_seconds(
+    net: &Network,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    classes: u32,
+) -> Result<f64> {
+    let labels = (0..x.dim(0)? as u32)
+        .map(|i| i % classes)
+        .collect::<Vec<_>>();
+    let labels = Tensor::new(labels, x.device())?;
     median_seconds(|| {
-        let features = net.forward_blocks(x, None, 0..net.block_count(), Mode::Train)?;
+        let features = net.forward_blocks(x, mask, 0..net.block_count(), Mode::Train)?;
         let loss = candle_nn::loss::cross_entropy(&net.head(&features)?, &labels)?;
         loss.backward().map(drop)
     })
@@ -87,7 +96,7 @@ fn main() -> Result<()> {
         }
         let net = Network::new(&model, image(96), 10, 0, cpu)?;
         let x = Tensor::randn(0f32, 1., (32, 3, 96, 96), cpu)?;
-        let seconds = train_step_seconds(&net, &x)?;
+        let seconds = train_step_seconds(&net, &x, None, 10)?;
         row(&train, seconds, 32, "images");
     }
     // EfficientNet-Lite0 at imagenet-to-fashion's 32x32: planes of 1x1 to 16x16, where fixed
@@ -109,7 +118,7 @@ fn main() -> Result<()> {
         }
         if chosen(train) {
             let x = Tensor::randn(0f32, 1., (32, 3, 32, 32), cpu)?;
-            row(train, train_step_seconds(&net, &x)?, 32, "images");
+            row(train, train_step_seconds(&net, &x, None, 10)?, 32, "images");
         }
     }
     // cnn6, the small A-to-B sweep's network: its scratch and finetune trials' step.
@@ -122,11 +131,14 @@ fn main() -> Result<()> {
         };
         let net = Network::new(&ModelSpec::plain(Arch::Cnn6), grey, 10, 0, cpu)?;
         let x = Tensor::randn(0f32, 1., (32, 1, 28, 28), cpu)?;
-        let seconds = train_step_seconds(&net, &x)?;
+        let seconds = train_step_seconds(&net, &x, None, 10)?;
         row(train, seconds, 32, "images");
     }
-    let embed = "minilm_l6 embed 128 tokens";
-    if !chosen(embed) {
+    let (embed, train) = (
+        "minilm_l6 embed 128 tokens",
+        "minilm_l6 train step 64 tokens",
+    );
+    if !chosen(embed) && !chosen(train) {
         return Ok(());
     }
     let config: BertConfig = serde_json::from_str(MINILM).expect("MiniLM's config.json");
@@ -142,7 +154,18 @@ fn main() -> Result<()> {
         .collect();
     let ids = Tensor::from_vec(ids, (texts, tokens), cpu)?;
     let mask = Tensor::ones((texts, tokens), DType::F32, cpu)?;
-    let seconds = median_seconds(|| net.forward(&ids, Some(&mask)).map(drop))?;
-    row(embed, seconds, texts, "texts");
+    if chosen(embed) {
+        let seconds = median_seconds(|| net.forward(&ids, Some(&mask)).map(drop))?;
+        row(embed, seconds, texts, "texts");
+    }
+    // minilm-to-spam's step (scratch, finetune): 16 texts of 64 tokens, two classes.
+    if chosen(train) {
+        let (ids, mask) = (
+            ids.narrow(0, 0, 16)?.narrow(1, 0, 64)?,
+            mask.narrow(0, 0, 16)?.narrow(1, 0, 64)?,
+        );
+        let seconds = train_step_seconds(&net, &ids.contiguous()?, Some(&mask.contiguous()?), 2)?;
+        row(train, seconds, 16, "texts");
+    }
     Ok(())
 }

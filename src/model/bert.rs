@@ -11,7 +11,7 @@
 //! kernels, which have none.
 
 use candle_core::op::{Gelu, GeluErf, UnaryOpT};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
 use candle_nn::Linear;
 use rayon::prelude::*;
 use schemars::JsonSchema;
@@ -94,11 +94,15 @@ impl Activation {
         }
     }
 
-    /// The activation; in inference mode on the CPU one parallel pass without a gradient
-    /// (candle's CPU unary ops run on one thread), with candle's own arithmetic.
+    /// The activation; on the CPU one parallel pass with candle's own arithmetic (candle's CPU
+    /// unary ops run on one thread), and in training one pass back (candle's gradient of GELU
+    /// is eight tensor ops, each a full-size temporary).
     fn forward(self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
-        if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
-            return x.detach().contiguous()?.apply_op1_no_bwd(&self);
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            return match mode {
+                Mode::Infer => x.detach().contiguous()?.apply_op1_no_bwd(&self),
+                Mode::Train => x.contiguous()?.apply_op1(self),
+            };
         }
         match self {
             Activation::GeluErf => x.gelu_erf(),
@@ -114,6 +118,45 @@ impl Activation {
             Activation::Relu => v.max(0.0),
         }
     }
+
+    /// The derivative at `v`, with the constants of candle's backward pass.
+    fn derivative(self, v: f32) -> f32 {
+        match self {
+            Activation::GeluErf => {
+                let erf = candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2);
+                0.5 + 0.398942 * (-0.5 * v * v).exp() * v + 0.5 * erf
+            }
+            Activation::GeluTanh => {
+                let cube = v * v * v;
+                let tanh = (0.0356774 * cube + 0.797885 * v).tanh();
+                0.5 * tanh + (0.0535161 * cube + 0.398942 * v) * (1.0 - tanh * tanh) + 0.5
+            }
+            Activation::Relu => f32::from(u8::from(v >= 0.0)),
+        }
+    }
+}
+
+/// The activation's backward pass: the output gradient times the derivative at the input.
+struct ActivationGrad(Activation);
+
+impl CustomOp2 for ActivationGrad {
+    fn name(&self) -> &'static str {
+        "bert-activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (xs, g) = (f32_values(x, x_layout)?, f32_values(grad, grad_layout)?);
+        let dx = (xs.par_iter().zip(g))
+            .map(|(&v, &g)| g * self.0.derivative(v))
+            .collect();
+        Ok((CpuStorage::F32(dx), x_layout.shape().clone()))
+    }
 }
 
 impl CustomOp1 for Activation {
@@ -127,9 +170,14 @@ impl CustomOp1 for Activation {
             .collect();
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&grad, &ActivationGrad(*self))?))
+    }
 }
 
-/// LayerNorm over the last dimension: in training mode from plain tensor ops, so that it has a
+/// LayerNorm over the last dimension: in training mode xferlab's op (`rows`), which has a
 /// gradient; in inference mode candle-nn's one fused op.
 struct LayerNorm {
     weight: Tensor,
@@ -151,12 +199,7 @@ impl LayerNorm {
             let (weight, bias) = (self.weight.detach(), self.bias.detach());
             return candle_nn::ops::layer_norm(&x.detach(), &weight, &bias, self.eps as f32);
         }
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        centred
-            .broadcast_div(&(variance + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        super::rows::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -614,6 +657,35 @@ pub(crate) mod tests {
     use tokenizers::Tokenizer;
 
     use super::*;
+
+    /// The activations' CPU op and its backward pass against candle's ops and gradients.
+    #[test]
+    fn activations_and_their_gradients_agree_with_candles() {
+        let device = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (4, 50), &device).unwrap())).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for activation in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+            let theirs = match activation {
+                Activation::GeluErf => x.gelu_erf(),
+                Activation::GeluTanh => x.gelu(),
+                Activation::Relu => x.relu(),
+            }
+            .unwrap();
+            let ours = activation.forward(&x, Mode::Train).unwrap();
+            assert_eq!(flat(&ours), flat(&theirs), "{activation:?}");
+            let grad = |y: &Tensor| {
+                let loss = (y * y.cos().unwrap()).unwrap().sum_all().unwrap();
+                flat(loss.backward().unwrap().get(&x).unwrap())
+            };
+            let (ours, theirs) = (grad(&ours), grad(&theirs));
+            for (o, t) in ours.iter().zip(&theirs) {
+                assert!(
+                    (o - t).abs() <= 1e-4 * (1.0 + t.abs()),
+                    "{activation:?}: {o} {t}"
+                );
+            }
+        }
+    }
 
     fn minilm() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/all-minilm-l6-v2")

@@ -54,7 +54,11 @@ pub struct Linear {
 impl Linear {
     /// x (..., in) to (..., out).
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.linear.forward(x)?;
+        let y = candle_nn::Linear::new(self.linear.weight().clone(), None).forward(x)?;
+        let y = match self.linear.bias() {
+            Some(bias) => super::rows::add_bias(&y, bias)?,
+            None => y,
+        };
         match &self.lora {
             Some(lora) => y + lora.forward(x, mode)?,
             None => Ok(y),

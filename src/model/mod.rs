@@ -15,6 +15,7 @@ pub mod import;
 pub mod lora;
 mod parameters;
 pub mod resnet;
+mod rows;
 pub mod summary;
 
 use std::collections::HashMap;
