@@ -125,10 +125,15 @@ impl CustomOp3 for LayerNorm {
         );
         let width = w.len();
         let row = |r: usize| &xs[r * width..][..width];
+        // Each row's statistics once, for both passes below.
+        let statistics: Vec<(f32, f32)> = xs
+            .par_chunks(width)
+            .map(|row| self.statistics(row))
+            .collect();
         // dx = scale * (g w - mean(g w) - x̂ mean(g w x̂)), per row.
         let mut dx = vec![0f32; xs.len()];
         dx.par_chunks_mut(width).enumerate().for_each(|(r, dx)| {
-            let (mean, scale) = self.statistics(row(r));
+            let (mean, scale) = statistics[r];
             let gr = &g[r * width..][..width];
             let (mut sum_gw, mut sum_gwx) = (0f32, 0f32);
             for ((&gv, &wv), &v) in gr.iter().zip(w.iter()).zip(row(r)) {
@@ -143,7 +148,7 @@ impl CustomOp3 for LayerNorm {
             }
         });
         let [grad_weight, grad_bias] = column_sums(xs.len() / width, width, |r, [gw, gb]| {
-            let (mean, scale) = self.statistics(row(r));
+            let (mean, scale) = statistics[r];
             let gr = &g[r * width..][..width];
             for (((gw, gb), &gv), &v) in gw.iter_mut().zip(gb.iter_mut()).zip(gr).zip(row(r)) {
                 *gw += gv * (v - mean) * scale;
