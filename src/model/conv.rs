@@ -16,6 +16,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::im2col::{self, Geometry};
+use super::winograd;
 use super::{f32_values, host_values};
 
 /// A square-kernel convolution (out, in, k, k) with symmetric zero padding, any stride, one
@@ -447,7 +448,11 @@ impl CustomOp2 for CpuConv {
             oh,
             ow,
         };
-        let y = im2col::forward(&geometry, x, w, &self.epilogue);
+        let y = if winograd::applies(&geometry) {
+            winograd::forward(&geometry, x, w, &self.epilogue)
+        } else {
+            im2col::forward(&geometry, x, w, &self.epilogue)
+        };
         Ok((CpuStorage::F32(y), Shape::from((n, o, oh, ow))))
     }
 

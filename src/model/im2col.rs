@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::conv::Epilogue;
 
 /// The most values a group's column matrix (or output) may hold: 16 MB of f32.
-const GROUP_VALUES: usize = 4 << 20;
+pub(crate) const GROUP_VALUES: usize = 4 << 20;
 
 /// A convolution's shapes: `n` images of `c` x `h` x `w`, `o` kernels of `c` x `k` x `k`,
 /// `stride`, zero padding `top`/`left` before (and enough after for an `oh` x `ow` output).
@@ -148,7 +148,7 @@ type View<'a> = (&'a [f32], usize, usize);
 
 /// dst (m x n, row-major) = lhs (m x depth) rhs (depth x n), plus dst's values when
 /// `accumulate`; gemm's parallel kernel on the machine's threads.
-fn multiply(
+pub(crate) fn multiply(
     (m, n, depth): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,

@@ -17,6 +17,7 @@ mod parameters;
 pub mod resnet;
 mod rows;
 pub mod summary;
+mod winograd;
 
 use std::collections::HashMap;
 use std::ops::Range;
