@@ -429,8 +429,18 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// 3x3 max pooling at stride 2 with one pixel of padding (ResNet's stem), for inputs that
 /// are never negative (after a ReLU): padding with zeros then equals PyTorch's padding with
 /// -inf. candle's `max_pool2d` has no padding, and no backward pass when the window is
-/// larger than the stride; a maximum of shifted views has both.
+/// larger than the stride. On the CPU one op each way ([`MaxPool`]); elsewhere the maximum of
+/// shifted views, which candle differentiates (eight maxima, each with a backward pass of
+/// masks: a tenth of a ResNet-18 training step when the CPU took that path too).
 pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let pool = MaxPool {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
+        return x.contiguous()?.apply_op1(pool);
+    }
     let views = windows(x, 3, (1, 1), (1, 1), 2)?;
     let mut max = views[0].clone();
     for view in &views[1..] {
@@ -442,12 +452,16 @@ pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
 /// 2x2 max pooling at stride 2 (cnn6), any side: a last odd row or column is dropped, as
 /// candle and PyTorch do. candle's own `max_pool2d` passes only a quarter of the gradient to
 /// each maximum (its backward multiplies by the share of maxima in the window where it means
-/// to divide). On the CPU one op each way, the gradient going to the window's first maximum
-/// (PyTorch's choice); elsewhere the maximum of the four shifted views, whose gradient candle
-/// splits between tied maxima.
+/// to divide). On the CPU one op each way ([`MaxPool`]); elsewhere the maximum of the four
+/// shifted views, whose gradient candle splits between tied maxima.
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        return x.contiguous()?.apply_op1(MaxPool2x2);
+        let pool = MaxPool {
+            kernel: 2,
+            stride: 2,
+            padding: 0,
+        };
+        return x.contiguous()?.apply_op1(pool);
     }
     let (_, _, height, width) = x.dims4()?;
     let x = x
@@ -461,21 +475,48 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     Ok(max)
 }
 
-/// [`max_pool_2x2`] on the CPU.
-struct MaxPool2x2;
+/// Max pooling on the CPU: `kernel` x `kernel` windows at `stride`, `padding` pixels of
+/// -inf on each side. The gradient goes whole to each window's first maximum in row-major
+/// order (PyTorch's choice).
+struct MaxPool {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
 
-impl MaxPool2x2 {
-    /// For each output pixel of each (N, C) plane in parallel, `each(plane, out index, input
-    /// index of the window's first maximum)`.
-    fn argmax(xs: &[f32], (height, width): (usize, usize), mut each: impl FnMut(usize, usize)) {
-        let (oh, ow) = (height / 2, width / 2);
+impl MaxPool {
+    /// Output rows or columns for an input side: PyTorch's floor((side + 2p - k) / s) + 1.
+    fn side(&self, side: usize) -> usize {
+        (side + 2 * self.padding)
+            .checked_sub(self.kernel)
+            .map_or(0, |inside| inside / self.stride + 1)
+    }
+
+    /// For each output pixel of one (N, C) plane, `each(out index, input index of the
+    /// window's first maximum)`.
+    fn argmax(
+        &self,
+        xs: &[f32],
+        (height, width): (usize, usize),
+        mut each: impl FnMut(usize, usize),
+    ) {
+        let (oh, ow) = (self.side(height), self.side(width));
+        // The input rows (or columns) window `i` covers: inside the plane, never empty.
+        let span = |i: usize, side: usize| {
+            let start = (i * self.stride).saturating_sub(self.padding);
+            let end = (i * self.stride + self.kernel - self.padding).min(side);
+            start..end
+        };
         for i in 0..oh {
+            let rows = span(i, height);
             for j in 0..ow {
-                let at = (2 * i) * width + 2 * j;
-                let mut best = at;
-                for candidate in [at + 1, at + width, at + width + 1] {
-                    if xs[candidate] > xs[best] {
-                        best = candidate;
+                let columns = span(j, width);
+                let mut best = rows.start * width + columns.start;
+                for y in rows.clone() {
+                    for x in columns.clone() {
+                        if xs[y * width + x] > xs[best] {
+                            best = y * width + x;
+                        }
                     }
                 }
                 each(i * ow + j, best);
@@ -484,22 +525,22 @@ impl MaxPool2x2 {
     }
 }
 
-impl CustomOp1 for MaxPool2x2 {
+impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
-        "max-pool-2x2"
+        "max-pool"
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = layout.shape().dims4()?;
         let xs = f32_values(x, layout)?;
-        let (oh, ow) = (height / 2, width / 2);
+        let (oh, ow) = (self.side(height), self.side(width));
         let mut out = vec![0f32; batch * channels * oh * ow];
         if oh * ow > 0 {
             out.par_chunks_mut(oh * ow)
                 .enumerate()
                 .for_each(|(plane, out)| {
                     let xp = &xs[plane * height * width..][..height * width];
-                    Self::argmax(xp, (height, width), |o, i| out[o] = xp[i]);
+                    self.argmax(xp, (height, width), |o, i| out[o] = xp[i]);
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, channels, oh, ow))))
@@ -509,12 +550,12 @@ impl CustomOp1 for MaxPool2x2 {
         let (_, _, height, width) = x.dims4()?;
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         let (xs, gs) = (host_values(&x)?, host_values(&grad)?);
-        let (plane, out_plane) = (height * width, (height / 2) * (width / 2));
+        let (plane, out_plane) = (height * width, self.side(height) * self.side(width));
         let mut dx = vec![0f32; xs.len()];
         if out_plane > 0 {
             dx.par_chunks_mut(plane).enumerate().for_each(|(p, dx)| {
                 let (xp, gp) = (&xs[p * plane..][..plane], &gs[p * out_plane..][..out_plane]);
-                Self::argmax(xp, (height, width), |o, i| dx[i] += gp[o]);
+                self.argmax(xp, (height, width), |o, i| dx[i] += gp[o]);
             });
         }
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
@@ -682,6 +723,26 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert_eq!(same, 1.0, "{size}");
+            // Positive random values have no ties: the gradient is candle's of the maximum of
+            // the shifted views.
+            let x = (Tensor::randn(5f32, 1., x.shape(), &device).unwrap())
+                .clamp(0f32, 10f32)
+                .unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let ours = max_pool_3x3_stride_2(&x).unwrap().sum_all().unwrap();
+            let views = windows(&x, 3, (1, 1), (1, 1), 2).unwrap();
+            let theirs = (views[1..].iter())
+                .fold(views[0].clone(), |max, view| max.maximum(view).unwrap())
+                .sum_all()
+                .unwrap();
+            let (ours, theirs) = (ours.backward().unwrap(), theirs.backward().unwrap());
+            let difference = (ours.get(&x).unwrap() - theirs.get(&x).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(difference.to_scalar::<f32>().unwrap(), 0.0, "{size}");
         }
     }
 
