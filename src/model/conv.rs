@@ -337,7 +337,15 @@ impl Activation {
     fn apply(self, y: f32) -> f32 {
         match self {
             Activation::Identity => y,
-            Activation::Relu => y.max(0.0),
+            // Not `y.max(0.0)`, which turns NaN into 0: a diverged trial's NaN must reach the
+            // loss, as through PyTorch's ReLU.
+            Activation::Relu => {
+                if y < 0.0 {
+                    0.0
+                } else {
+                    y
+                }
+            }
             Activation::Relu6 => y.clamp(0.0, 6.0),
         }
     }
@@ -672,6 +680,13 @@ mod tests {
 
     /// ReLU and ReLU6 and their gradients against candle's `relu` and `clamp`, away from the
     /// kinks (where each picks its own side).
+    /// ReLU keeps NaN (PyTorch's rule): a diverged trial fails instead of training on zeros.
+    #[test]
+    fn relu_keeps_nan() {
+        assert!(Activation::Relu.apply(f32::NAN).is_nan());
+        assert_eq!(Activation::Relu.apply(-1.0), 0.0);
+    }
+
     #[test]
     fn activations_match_candles() {
         let dev = Device::Cpu;

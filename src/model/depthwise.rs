@@ -477,7 +477,8 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
 
 /// Max pooling on the CPU: `kernel` x `kernel` windows at `stride`, `padding` pixels of
 /// -inf on each side. The gradient goes whole to each window's first maximum in row-major
-/// order (PyTorch's choice).
+/// order, and a NaN in a window is its maximum, as in PyTorch (a diverged trial's NaN must
+/// reach the loss, where training stops on it).
 struct MaxPool {
     kernel: usize,
     stride: usize,
@@ -514,7 +515,8 @@ impl MaxPool {
                 let mut best = rows.start * width + columns.start;
                 for y in rows.clone() {
                     for x in columns.clone() {
-                        if xs[y * width + x] > xs[best] {
+                        let value = xs[y * width + x];
+                        if value > xs[best] || value.is_nan() {
                             best = y * width + x;
                         }
                     }
@@ -695,6 +697,20 @@ mod tests {
                 assert_eq!(difference.to_scalar::<f32>().unwrap(), 0.0, "side {size}");
             }
         }
+    }
+
+    /// A NaN is its window's maximum (PyTorch's rule): a diverged network's NaN reaches the
+    /// loss instead of being pooled away.
+    #[test]
+    fn pooling_keeps_nan() {
+        let device = Device::Cpu;
+        let x = Tensor::new(&[[[[1f32, f32::NAN, 2., 0.], [3., 4., 0., 1.]]]], &device).unwrap();
+        let pooled = max_pool_2x2(&x).unwrap().flatten_all().unwrap();
+        let pooled = pooled.to_vec1::<f32>().unwrap();
+        assert!(pooled[0].is_nan() && pooled[1] == 2.0, "{pooled:?}");
+        let pooled = max_pool_3x3_stride_2(&x).unwrap().flatten_all().unwrap();
+        let pooled = pooled.to_vec1::<f32>().unwrap();
+        assert!(pooled[0].is_nan() && pooled[1].is_nan(), "{pooled:?}");
     }
 
     #[test]
