@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::dropout::{Dropout, mix};
 use super::lora;
 use super::parameters::Parameters;
-use super::{Mode, f32_values};
+use super::{Mode, f32_values, is_cpu_f32};
 use crate::spec::Pooling;
 
 /// The encoder's shape: the fields of Hugging Face's `config.json` that BERT reads.
@@ -98,7 +98,7 @@ impl Activation {
     /// unary ops run on one thread), and in training one pass back (candle's gradient of GELU
     /// is eight tensor ops, each a full-size temporary).
     fn forward(self, x: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if is_cpu_f32(x) {
             return match mode {
                 Mode::Infer => x.detach().contiguous()?.apply_op1_no_bwd(&self),
                 Mode::Train => x.contiguous()?.apply_op1(self),
@@ -275,7 +275,7 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let (batch, length, hidden) = x.dims3()?;
         let head = hidden / self.heads;
-        if mode == Mode::Infer && x.device().is_cpu() && x.dtype() == DType::F32 {
+        if mode == Mode::Infer && is_cpu_f32(x) {
             let attention = Attention {
                 heads: self.heads,
                 mask: mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,

@@ -11,13 +11,13 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
 
 use super::im2col::{self, Geometry};
 use super::winograd;
-use super::{f32_values, host_values};
+use super::{f32_values, host_values, is_cpu_f32};
 
 /// A square-kernel convolution (out, in, k, k) with symmetric zero padding, any stride, one
 /// group, and an optional bias.
@@ -111,11 +111,6 @@ impl Conv2d {
         let p = self.padding;
         conv2d(x, &self.weight, self.stride, (p, p, p, p), &epilogue)
     }
-}
-
-/// Whether `x` takes xferlab's CPU kernels.
-fn is_cpu_f32(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// Records a convolution already computed (`output`) on a device other than the CPU in the
@@ -678,8 +673,6 @@ mod tests {
         }
     }
 
-    /// ReLU and ReLU6 and their gradients against candle's `relu` and `clamp`, away from the
-    /// kinks (where each picks its own side).
     /// ReLU keeps NaN (PyTorch's rule): a diverged trial fails instead of training on zeros.
     #[test]
     fn relu_keeps_nan() {
@@ -687,6 +680,8 @@ mod tests {
         assert_eq!(Activation::Relu.apply(-1.0), 0.0);
     }
 
+    /// ReLU and ReLU6 and their gradients against candle's `relu` and `clamp`, away from the
+    /// kinks (where each picks its own side).
     #[test]
     fn activations_match_candles() {
         let dev = Device::Cpu;

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::conv::Epilogue;
-use super::{f32_values, host_values};
+use super::{f32_values, host_values, is_cpu_f32};
 
 /// The k*k shifted views of `x` (N, C, H, W) that a k x k window at `stride` 1 or 2 reads
 /// after zero padding `(top, bottom)` and `(left, right)`: view (u, v) holds, at each output
@@ -433,7 +433,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// shifted views, which candle differentiates (eight maxima, each with a backward pass of
 /// masks: a tenth of a ResNet-18 training step when the CPU took that path too).
 pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if is_cpu_f32(x) {
         let pool = MaxPool {
             kernel: 3,
             stride: 2,
@@ -441,12 +441,7 @@ pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
         };
         return x.contiguous()?.apply_op1(pool);
     }
-    let views = windows(x, 3, (1, 1), (1, 1), 2)?;
-    let mut max = views[0].clone();
-    for view in &views[1..] {
-        max = max.maximum(view)?;
-    }
-    Ok(max)
+    maximum(&windows(x, 3, (1, 1), (1, 1), 2)?)
 }
 
 /// 2x2 max pooling at stride 2 (cnn6), any side: a last odd row or column is dropped, as
@@ -455,7 +450,7 @@ pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
 /// to divide). On the CPU one op each way ([`MaxPool`]); elsewhere the maximum of the four
 /// shifted views, whose gradient candle splits between tied maxima.
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if is_cpu_f32(x) {
         let pool = MaxPool {
             kernel: 2,
             stride: 2,
@@ -467,12 +462,14 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     let x = x
         .narrow(2, 0, height / 2 * 2)?
         .narrow(3, 0, width / 2 * 2)?;
-    let views = windows(&x, 2, (0, 0), (0, 0), 2)?;
-    let mut max = views[0].clone();
-    for view in &views[1..] {
-        max = max.maximum(view)?;
-    }
-    Ok(max)
+    maximum(&windows(&x, 2, (0, 0), (0, 0), 2)?)
+}
+
+/// The elementwise maximum of a pooling window's shifted views (`windows`), in candle's ops.
+fn maximum(views: &[Tensor]) -> Result<Tensor> {
+    views[1..]
+        .iter()
+        .try_fold(views[0].clone(), |max, view| max.maximum(view))
 }
 
 /// Max pooling on the CPU: `kernel` x `kernel` windows at `stride`, `padding` pixels of
@@ -747,10 +744,7 @@ mod tests {
             let x = Var::from_tensor(&x).unwrap();
             let ours = max_pool_3x3_stride_2(&x).unwrap().sum_all().unwrap();
             let views = windows(&x, 3, (1, 1), (1, 1), 2).unwrap();
-            let theirs = (views[1..].iter())
-                .fold(views[0].clone(), |max, view| max.maximum(view).unwrap())
-                .sum_all()
-                .unwrap();
+            let theirs = maximum(&views).unwrap().sum_all().unwrap();
             let (ours, theirs) = (ours.backward().unwrap(), theirs.backward().unwrap());
             let difference = (ours.get(&x).unwrap() - theirs.get(&x).unwrap())
                 .unwrap()

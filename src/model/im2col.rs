@@ -132,14 +132,9 @@ fn col2im(g: &Geometry, columns: &[f32], first: usize, count: usize, gx: &mut [f
                             continue;
                         };
                         let start = inside.start * s + v - g.left;
-                        let (target, line) = (&mut target[y * g.w..][..g.w], &line[inside.clone()]);
-                        if s == 1 {
-                            let target = &mut target[start..][..line.len()];
-                            target.iter_mut().zip(line).for_each(|(t, v)| *t += v);
-                        } else {
-                            for (j, value) in line.iter().enumerate() {
-                                target[start + j * s] += value;
-                            }
+                        let target = &mut target[y * g.w..][..g.w];
+                        for (j, value) in line[inside.clone()].iter().enumerate() {
+                            target[start + j * s] += value;
                         }
                     }
                 }

@@ -438,6 +438,11 @@ impl Network {
     }
 }
 
+/// Whether `x` takes xferlab's own CPU kernels: on the CPU, in f32 (elsewhere candle's ops).
+pub(crate) fn is_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
 /// A contiguous CPU tensor's f32 values, read where they lie (a read lock on its storage):
 /// what the CPU kernels' backward passes read. Callers pass `t.contiguous()?`, which is `t`
 /// itself when it already is.

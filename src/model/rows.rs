@@ -9,15 +9,15 @@
 //! the per-column sums of the gradients are summed per chunk of rows, then the chunks added.
 //! Elsewhere (CUDA) the same arithmetic in candle's ops.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_values, host_values};
+use super::{f32_values, host_values, is_cpu_f32};
 
 /// LayerNorm over the last dimension: (x - mean) / sqrt(variance + eps) * weight + bias, the
 /// variance biased (divided by the width), as PyTorch's `LayerNorm`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if !on_cpu(x) {
+    if !is_cpu_f32(x) {
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
         return centred
@@ -31,14 +31,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 /// `x + bias`, `bias` along the last dimension.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if !on_cpu(x) {
+    if !is_cpu_f32(x) {
         return x.broadcast_add(bias);
     }
     x.contiguous()?.apply_op2(bias, AddBias)
-}
-
-fn on_cpu(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// Column sums of a `width`-wide matrix of `rows` rows, where `add(r, sums)` adds row r's
